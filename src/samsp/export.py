@@ -1,0 +1,33 @@
+"""Deployment export: LoRA merged into the encoder, written as a full model that loads without peft."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .model import SamSP, resolve_model_dir
+
+
+def merge_check(original: SamSP, merged: SamSP, seed: int = 0) -> float:
+    """Largest difference in final-pass probability between the two models on a seeded random image."""
+    rng = np.random.default_rng(seed)
+    size = original.backbone.img_size
+    image = rng.integers(0, 256, size=(size, size * 3 // 4, 3), dtype=np.uint8)
+    a = original.predict(image).probability
+    b = merged.predict(image).probability
+    return float(np.abs(a - b).max())
+
+
+def export_model(model_dir: str | Path, out_dir: str | Path) -> tuple[Path, float]:
+    """Write the merged model to `out_dir`; return it and the merge check's largest probability difference."""
+    source = resolve_model_dir(Path(model_dir))
+    model = SamSP.from_pretrained(source)
+    merged = model.merged()
+    diff = merge_check(model, merged)
+    extra = {"exported_from": str(source.resolve()), "trained_as": asdict(model.config),
+             "merge_max_abs_prob_diff": diff, "torch": torch.__version__}
+    merged.save_pretrained(out_dir, full=True, extra=extra)
+    return Path(out_dir), diff

@@ -1,0 +1,60 @@
+"""The SAM-SP loss: soft Dice on the final pass plus alpha times self-distillation from it to earlier passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice per image on sigmoid probabilities, averaged over the batch. (B, H, W) inputs."""
+    prob = torch.sigmoid(logits.float()).flatten(1)
+    target = target.float().flatten(1)
+    inter = (prob * target).sum(1)
+    dice = (2 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)
+    return (1 - dice).mean()
+
+
+def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-pixel KL(teacher || student) between foreground/background Bernoullis, averaged over pixels.
+
+    The teacher is detached here, so this term moves only the student pass. Scaled by T^2 (Hinton et al.) so
+    its gradient size does not shrink as the temperature grows.
+    """
+    t = teacher_logits.detach().float() / temperature
+    s = student_logits.float() / temperature
+    p_t = torch.sigmoid(t)
+    kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+    return kl.mean() * temperature**2
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    alpha: float = 1.0  # weight of self-distillation
+    temperature: float = 1.0
+    dice_first_pass: bool = False  # also supervise pass 0, so its box becomes useful sooner
+    distill: bool = True
+
+
+def samsp_loss(passes: list[torch.Tensor], target: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict]:
+    """Loss over the decoder passes (logits in the input frame, first to last) against the target mask.
+
+    With one pass (no self-prompting) it is the Dice of that pass alone. With more, the last pass is the
+    teacher for every earlier one (for two passes: KL(y1 || y0), the paper's L_SD).
+    """
+    dice = soft_dice_loss(passes[-1], target)
+    total = dice
+    parts = {"dice": float(dice.detach())}
+    if len(passes) > 1:
+        if cfg.dice_first_pass:
+            dice0 = soft_dice_loss(passes[0], target)
+            total = total + dice0
+            parts["dice_pass0"] = float(dice0.detach())
+        if cfg.distill and cfg.alpha > 0:
+            sd = torch.stack([bernoulli_kl(p, passes[-1], cfg.temperature) for p in passes[:-1]]).mean()
+            total = total + cfg.alpha * sd
+            parts["distill"] = float(sd.detach())
+    parts["loss"] = float(total.detach())
+    return total, parts

@@ -1,0 +1,40 @@
+"""Self-prompts: the box a predicted mask gives to the next decoder pass."""
+
+from __future__ import annotations
+
+import torch
+
+
+def boxes_from_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (x0, y0, x1, y1) around all foreground pixels of each mask, in the mask's pixel frame.
+
+    `masks` is (B, H, W) bool. Several blobs share one box around all of them. Returns the boxes (B, 4) float
+    and a (B,) bool flag for empty masks, whose box rows are zeros and must be replaced by the caller's fallback.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"masks must be (B, H, W), got {tuple(masks.shape)}")
+    rows = masks.any(dim=2)  # (B, H): which rows hold foreground
+    cols = masks.any(dim=1)  # (B, W)
+    empty = ~rows.any(dim=1)
+    h, w = masks.shape[1:]
+    y0 = rows.float().argmax(dim=1)
+    y1 = h - 1 - rows.flip(1).float().argmax(dim=1)
+    x0 = cols.float().argmax(dim=1)
+    x1 = w - 1 - cols.flip(1).float().argmax(dim=1)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
+    boxes[empty] = 0.0
+    return boxes, empty
+
+
+def full_boxes(valid_hw: torch.Tensor) -> torch.Tensor:
+    """A box around each image's valid (unpadded) region; `valid_hw` is (B, 2) of heights and widths."""
+    zeros = torch.zeros_like(valid_hw[:, 0])
+    return torch.stack([zeros, zeros, valid_hw[:, 1] - 1, valid_hw[:, 0] - 1], dim=1).float()
+
+
+def valid_region(valid_hw: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size, size) bool: True inside each image's unpadded region of the input frame."""
+    ar = torch.arange(size, device=valid_hw.device)
+    inside_h = ar[None, :] < valid_hw[:, :1]
+    inside_w = ar[None, :] < valid_hw[:, 1:]
+    return inside_h[:, :, None] & inside_w[:, None, :]

@@ -1,0 +1,18 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only real datasets (../shared/data beside the repo, or $SAMSP_SHARED_DATA); skip if absent."""
+    default = Path(__file__).resolve().parents[2] / "shared" / "data"
+    path = Path(os.environ.get("SAMSP_SHARED_DATA") or default)
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} not found; set SAMSP_SHARED_DATA to /work/shared/data")
+    return path

@@ -1,0 +1,59 @@
+import torch
+
+from samsp.losses import LossConfig, bernoulli_kl, samsp_loss, soft_dice_loss
+
+
+def test_kl_is_zero_when_the_passes_agree_and_positive_otherwise():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 16, 16)
+    assert bernoulli_kl(logits, logits.clone()).abs().item() < 1e-6
+    assert bernoulli_kl(logits, logits + 1.0).item() > 0
+
+
+def test_kl_matches_the_bernoulli_formula():
+    s, t = torch.tensor([[[0.3]]]), torch.tensor([[[-1.2]]])
+    ps, pt = torch.sigmoid(s), torch.sigmoid(t)
+    expected = pt * torch.log(pt / ps) + (1 - pt) * torch.log((1 - pt) / (1 - ps))
+    assert torch.allclose(bernoulli_kl(s, t), expected.mean(), atol=1e-6)
+    # temperature softens both sides and rescales by T^2
+    t2 = 2.0
+    ps2, pt2 = torch.sigmoid(s / t2), torch.sigmoid(t / t2)
+    expected2 = (pt2 * torch.log(pt2 / ps2) + (1 - pt2) * torch.log((1 - pt2) / (1 - ps2))) * t2**2
+    assert torch.allclose(bernoulli_kl(s, t, t2), expected2.mean(), atol=1e-6)
+
+
+def test_soft_dice_perfect_and_disjoint():
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1
+    perfect = (target * 40 - 20)
+    assert soft_dice_loss(perfect, target).item() < 1e-3
+    disjoint = -perfect
+    assert soft_dice_loss(disjoint, target).item() > 0.9
+
+
+def test_gradients_reach_the_student_pass_only_through_the_kl_term():
+    torch.manual_seed(0)
+    target = (torch.rand(2, 8, 8) > 0.5).float()
+    y0 = torch.randn(2, 8, 8, requires_grad=True)
+    y1 = torch.randn(2, 8, 8, requires_grad=True)
+    loss, parts = samsp_loss([y0, y1], target, LossConfig(alpha=1.0))
+    loss.backward()
+    kl_grad = torch.autograd.grad(bernoulli_kl(y0, y1.detach()), y0)[0]
+    assert torch.allclose(y0.grad, kl_grad, atol=1e-7)  # y0 gets exactly the KL gradient
+    dice_grad = torch.autograd.grad(soft_dice_loss(y1, target), y1)[0]
+    assert torch.allclose(y1.grad, dice_grad, atol=1e-7)  # the teacher gets Dice only (it is detached in KL)
+    assert set(parts) == {"dice", "distill", "loss"}
+
+
+def test_switches_turn_sam_sp_into_the_baselines():
+    torch.manual_seed(0)
+    target = (torch.rand(1, 8, 8) > 0.5).float()
+    y0, y1 = torch.randn(1, 8, 8), torch.randn(1, 8, 8)
+    dice_only = soft_dice_loss(y1, target)
+    no_distill, _ = samsp_loss([y0, y1], target, LossConfig(distill=False))
+    assert torch.allclose(no_distill, dice_only)
+    single, _ = samsp_loss([y0], target, LossConfig())  # no self-prompting: Dice of the only pass
+    assert torch.allclose(single, soft_dice_loss(y0, target))
+    with_first, parts = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=True, alpha=0.5))
+    expected = dice_only + soft_dice_loss(y0, target) + 0.5 * bernoulli_kl(y0, y1)
+    assert torch.allclose(with_first, expected) and "dice_pass0" in parts

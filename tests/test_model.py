@@ -1,0 +1,196 @@
+"""The SamSP module on the tiny random backbone: passes, training scope, fallback, merge, save/load."""
+
+import numpy as np
+import pytest
+import torch
+
+from samsp import ModelConfig, SamSP
+from samsp.errors import SamspError
+from samsp.losses import LossConfig, samsp_loss
+
+
+def tiny(**kw) -> SamSP:
+    torch.manual_seed(0)
+    return SamSP(ModelConfig(backbone="tiny", **kw))
+
+
+def image_batch(b=2):
+    torch.manual_seed(1)
+    return torch.randn(b, 3, 128, 128)
+
+
+def test_forward_returns_every_pass_at_input_resolution():
+    model = tiny(iterations=2).eval()
+    out = model(images=image_batch(), iterations=3)
+    assert len(out.logits) == 4 and len(out.boxes) == 3
+    assert all(p.shape == (2, 128, 128) for p in out.logits)
+    assert out.scores.shape == (2,) and out.fallback.dtype == torch.bool
+
+
+def test_no_self_prompt_is_one_no_prompt_pass():
+    out = tiny(self_prompt=False).eval()(images=image_batch())
+    assert len(out.logits) == 1 and out.boxes == []
+
+
+def test_the_box_comes_from_the_first_pass_and_respects_the_valid_region():
+    model = tiny().eval()
+    forced = torch.full((1, 128, 128), -5.0)
+    forced[0, 10:20, 30:60] = 5.0
+    forced[0, 100:, 100:] = 5.0  # lies in the padding: must not widen the box
+    model.decode = _scripted_decode(model, forced)
+    out = model.self_prompt(torch.zeros(1, 256, 8, 8), valid_hw=torch.tensor([[90, 90]]), iterations=1)
+    assert out.boxes[0].tolist() == [[30.0, 10.0, 59.0, 19.0]]
+
+
+def _scripted_decode(model, first_logits):
+    real = model.decode
+
+    def decode(embeddings, boxes):
+        if boxes is None:
+            return first_logits.clone(), torch.zeros(first_logits.shape[0])
+        return real(torch.zeros(first_logits.shape[0], 256, 8, 8), boxes)
+
+    return decode
+
+
+@pytest.mark.parametrize("fallback", ["no_prompt", "full_box"])
+def test_empty_first_pass_uses_the_configured_fallback(fallback):
+    model = tiny(empty_fallback=fallback).eval()
+    empty = torch.full((1, 128, 128), -5.0)
+    model.decode = _scripted_decode(model, empty)
+    out = model.self_prompt(torch.zeros(1, 256, 8, 8), valid_hw=torch.tensor([[128, 96]]))
+    assert out.fallback.tolist() == [True]
+    if fallback == "no_prompt":
+        assert torch.equal(out.logits[1], out.logits[0])  # y1 = y0
+        assert torch.isnan(out.boxes[0]).all()
+    else:
+        assert out.boxes[0].tolist() == [[0.0, 0.0, 95.0, 127.0]]
+        assert not torch.equal(out.logits[1], out.logits[0])
+
+
+@pytest.mark.parametrize(
+    ("strategy", "adapt", "encoder_trains"),
+    [("lora", None, "lora"), ("lora", 1, "lora"), ("frozen", None, "none"), ("full", 1, "last")],
+)
+def test_only_the_intended_parameters_train(strategy, adapt, encoder_trains):
+    model = tiny(strategy=strategy, adapt_stages=adapt)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    enc = {n for n in trainable if n.startswith("image_encoder.")}
+    assert all(n.startswith(("prompt_encoder.", "mask_decoder.", "image_encoder.")) for n in trainable)
+    assert any(n.startswith("mask_decoder.") for n in trainable)
+    assert any(n.startswith("prompt_encoder.") for n in trainable)
+    if encoder_trains == "lora":
+        assert enc and all("lora_" in n for n in enc)
+        if adapt == 1:
+            assert all(".blocks.1." in n for n in enc)
+    elif encoder_trains == "none":
+        assert not enc
+    else:
+        assert enc and all(".blocks.1." in n or ".neck." in n for n in enc)
+    expected_prefix = {None: 0, 1: 2}[adapt] if strategy != "frozen" else 4
+    assert model.prefix_stages == expected_prefix
+
+
+def test_a_step_changes_lora_and_decoder_but_not_the_frozen_encoder():
+    model = tiny(adapt_stages=1)
+    model.train()
+    frozen = {n: p.detach().clone() for n, p in model.image_encoder.named_parameters() if not p.requires_grad}
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    decoder_before = model.mask_decoder.output_upscaling[0].weight.detach().clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    target = torch.zeros(2, 128, 128)
+    target[:, 30:90, 40:100] = 1
+    loss, _ = samsp_loss(model(images=image_batch()).logits, target, LossConfig())
+    loss.backward()
+    opt.step()
+    for n, p in model.image_encoder.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert any(not torch.equal(p, lora_before[n]) for n, p in model.named_parameters() if "lora_B" in n)
+    assert not torch.equal(model.mask_decoder.output_upscaling[0].weight, decoder_before)
+
+
+def _train_a_little(model: SamSP) -> SamSP:
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    target = torch.zeros(2, 128, 128)
+    target[:, 30:90, 40:100] = 1
+    model.train()
+    for _ in range(2):
+        loss, _ = samsp_loss(model(images=image_batch()).logits, target, LossConfig())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def test_cached_prefix_gives_the_same_passes_as_the_full_encoder():
+    model = _train_a_little(tiny(adapt_stages=1))
+    x = image_batch()
+    a = model(images=x)
+    b = model(features=model.encode_prefix(x))
+    for la, lb in zip(a.logits, b.logits, strict=True):
+        assert torch.allclose(la, lb, atol=1e-5)
+
+
+def test_merged_model_predicts_the_same_masks_without_peft():
+    model = _train_a_little(tiny())
+    merged = model.merged()
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    image = np.random.default_rng(0).integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    a, b = model.predict(image), merged.predict(image)
+    assert np.abs(a.probability - b.probability).max() < 1e-4
+    assert (a.mask == b.mask).mean() > 0.999
+
+
+def test_save_and_load_round_trip_trainable_and_full(tmp_path):
+    model = _train_a_little(tiny())
+    model.save_pretrained(tmp_path / "m")
+    loaded = SamSP.from_pretrained(tmp_path / "m")
+    x = image_batch(1)
+    assert torch.allclose(model(images=x).logits[-1], loaded(images=x).logits[-1], atol=1e-6)
+    model.merged().save_pretrained(tmp_path / "full", full=True)
+    full = SamSP.from_pretrained(tmp_path / "full")
+    assert torch.allclose(model(images=x).logits[-1], full(images=x).logits[-1], atol=1e-4)
+
+
+def test_loading_weights_of_another_configuration_names_the_file(tmp_path):
+    tiny(adapt_stages=1).save_pretrained(tmp_path / "a")
+    other = tiny(lora_rank=8)
+    other.save_pretrained(tmp_path / "b")
+    (tmp_path / "a" / "weights.safetensors").replace(tmp_path / "b" / "weights.safetensors")
+    with pytest.raises(SamspError, match=r"b/weights\.safetensors.*(missing|wrong shape)"):
+        SamSP.from_pretrained(tmp_path / "b")
+
+
+def test_missing_or_broken_model_folders_are_clear_errors(tmp_path):
+    with pytest.raises(SamspError, match="model folder not found"):
+        SamSP.from_pretrained(tmp_path / "nope")
+    tiny().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SamspError, match="cannot be read as safetensors"):
+        SamSP.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "samsp.json").write_text("{not json")
+    with pytest.raises(SamspError, match="samsp.json: not a samsp model config"):
+        SamSP.from_pretrained(tmp_path / "m")
+
+
+def test_predict_returns_original_size_mask_and_box_in_image_pixels():
+    model = tiny().eval()
+    image = np.random.default_rng(0).integers(0, 256, (77, 201, 3), dtype=np.uint8)
+    preds = model.predict_batch([image, image[:, :50]], batch_size=2)
+    assert preds[0].mask.shape == (77, 201) and preds[1].mask.shape == (77, 50)
+    assert len(preds[0].pass_masks) == 2
+    for p in preds:
+        if p.box is not None:
+            assert 0 <= p.box[0] <= p.box[2] <= p.mask.shape[1] and 0 <= p.box[1] <= p.box[3] <= p.mask.shape[0]
+    with pytest.raises(SamspError, match="uint8"):
+        model.predict(image.astype(np.float32))
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(SamspError, match="unknown backbone"):
+        ModelConfig(backbone="vit_x")
+    with pytest.raises(SamspError, match="empty_fallback"):
+        ModelConfig(backbone="tiny", empty_fallback="guess")
+    with pytest.raises(SamspError, match="strategy"):
+        SamSP(ModelConfig(backbone="tiny", strategy="adapter"))

@@ -1,0 +1,87 @@
+"""The trainer on the tiny backbone and synthetic data: outputs, determinism, exact resume, atomic files."""
+
+import json
+
+import pytest
+import torch
+from helpers import make_dataset
+from safetensors.torch import load_file
+
+from samsp import SamSP
+from samsp.errors import SamspError
+from samsp.train import train
+
+FAST = ["model.backbone=tiny", "optim.batch_size=4", "data.val_fraction=0.25", "runtime.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), n=8)
+
+
+def test_a_run_writes_everything_a_user_needs(dataset, tmp_path):
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=2"])
+    for name in ("config.yaml", "environment.json", "metrics.csv", "curves.png", "train.log",
+                 "splits/train.txt", "splits/val.txt", "best/samsp.json", "best/weights.safetensors",
+                 "last/training_state.pt"):
+        assert (run / name).is_file(), name
+    env = json.loads((run / "environment.json").read_text())
+    assert {"torch", "peft", "git_revision", "device"} <= set(env)
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and "val_dice" in rows[0] and len(rows) == 3
+    assert len((run / "splits/val.txt").read_text().split()) == 2
+    # only what was trained is in the checkpoint: LoRA, prompt encoder, mask decoder
+    keys = load_file(str(run / "best" / "weights.safetensors")).keys()
+    enc = [k for k in keys if k.startswith("image_encoder.")]
+    assert enc and all("lora_" in k for k in enc)
+    assert any(k.startswith("mask_decoder.") for k in keys)
+    model = SamSP.from_pretrained(run)
+    assert model.config.backbone == "tiny"
+
+
+def test_two_identical_runs_give_identical_weights(dataset, tmp_path):
+    a = train(data=str(dataset), out=tmp_path / "a", overrides=[*FAST, "optim.epochs=2"])
+    b = train(data=str(dataset), out=tmp_path / "b", overrides=[*FAST, "optim.epochs=2"])
+    wa = load_file(str(a / "last" / "weights.safetensors"))
+    wb = load_file(str(b / "last" / "weights.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_after_an_interrupted_run_matches_a_straight_run(dataset, tmp_path, monkeypatch):
+    straight = train(data=str(dataset), out=tmp_path / "straight", overrides=[*FAST, "optim.epochs=3"])
+    import samsp.train as trainer
+
+    real_save = trainer._save_state
+    calls = {"n": 0}
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyboardInterrupt  # killed right after epoch 1 was saved
+
+    monkeypatch.setattr(trainer, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(data=str(dataset), out=tmp_path / "cut", overrides=[*FAST, "optim.epochs=3"])
+    monkeypatch.setattr(trainer, "_save_state", real_save)
+    resumed = train(resume=tmp_path / "cut")
+    a = load_file(str(straight / "last" / "weights.safetensors"))
+    b = load_file(str(resumed / "last" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    rows = (resumed / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 4  # header + 3 epochs, none repeated
+    assert not list(resumed.rglob("*.tmp-*")), "temporary files left behind"
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(dataset, tmp_path):
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1"])
+    with pytest.raises(SamspError, match="already holds a run"):
+        train(data=str(dataset), out=run, overrides=[*FAST, "optim.epochs=1"])
+    with pytest.raises(SamspError, match="nothing to resume"):
+        train(resume=tmp_path / "empty")
+
+
+def test_unknown_settings_are_errors(dataset, tmp_path):
+    with pytest.raises(SamspError, match="unknown setting 'optim.lrate'"):
+        train(data=str(dataset), out=tmp_path / "x", overrides=["optim.lrate=1"])
