@@ -45,9 +45,7 @@ def tiny(tmp_path, monkeypatch):
             homepage="https://example.invalid/tiny",
             licence="test",
             archives=(
-                named.Archive(
-                    (src / "tiny_input.zip").as_uri(), expected[0], (named.Move("Tiny_Input", "images"),)
-                ),
+                named.Archive((src / "tiny_input.zip").as_uri(), expected[0], (named.Move("Tiny_Input", "images"),)),
                 named.Archive(
                     (src / "tiny_gt.zip").as_uri(),
                     expected[1],

@@ -25,7 +25,7 @@ def test_kl_matches_the_bernoulli_formula():
 def test_soft_dice_perfect_and_disjoint():
     target = torch.zeros(1, 8, 8)
     target[0, 2:6, 2:6] = 1
-    perfect = (target * 40 - 20)
+    perfect = target * 40 - 20
     assert soft_dice_loss(perfect, target).item() < 1e-3
     disjoint = -perfect
     assert soft_dice_loss(disjoint, target).item() > 0.9

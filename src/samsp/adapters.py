@@ -38,7 +38,11 @@ def apply_lora(
     from peft import LoraConfig, get_peft_model  # imported here: merged models load without peft
 
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_pattern(stages, targets), bias="none"
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_pattern(stages, targets),
+        bias="none",
     )
     try:
         return get_peft_model(encoder, config)

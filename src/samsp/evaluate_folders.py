@@ -83,16 +83,10 @@ def evaluate_mask_folders(
     preds: dict[str, list[Path]] = {}
     for path in find_images([pred_dir]):
         if path.stem.endswith(pred_suffix):
-            preds.setdefault(path.stem.removesuffix(pred_suffix) if pred_suffix else path.stem, []).append(
-                path
-            )
-    clashes = [
-        f"{i} ({', '.join(p.name for p in ps)})" for i, ps in preds.items() if len(ps) > 1 and i in gts
-    ]
+            preds.setdefault(path.stem.removesuffix(pred_suffix) if pred_suffix else path.stem, []).append(path)
+    clashes = [f"{i} ({', '.join(p.name for p in ps)})" for i, ps in preds.items() if len(ps) > 1 and i in gts]
     if clashes:
-        raise DataError(
-            pred_dir, f"several predictions share an id, keep one of each: {', '.join(clashes[:20])}"
-        )
+        raise DataError(pred_dir, f"several predictions share an id, keep one of each: {', '.join(clashes[:20])}")
     missing = sorted(set(gts) - set(preds))
     if missing:
         more = f" ... and {len(missing) - 20} more" if len(missing) > 20 else ""
@@ -118,8 +112,6 @@ def evaluate_mask_folders(
         raise SamspError(f"{len(problems)} file(s) could not be read: {listed}")
     notes = [n for _, n, _ in results if n is not None]
     if notes:
-        warnings.warn(
-            f"resized {len(notes)} prediction(s) to their ground-truth size, e.g. {notes[0]}", stacklevel=2
-        )
+        warnings.warn(f"resized {len(notes)} prediction(s) to their ground-truth size, e.g. {notes[0]}", stacklevel=2)
     rows = [row for row, _, _ in results]
     return write_report(rows, out_dir, title or f"{pred_dir.name} vs {gt_dir.name}")

@@ -27,7 +27,11 @@ def export_model(model_dir: str | Path, out_dir: str | Path) -> tuple[Path, floa
     model = SamSP.from_pretrained(source)
     merged = model.merged()
     diff = merge_check(model, merged)
-    extra = {"exported_from": str(source.resolve()), "trained_as": asdict(model.config),
-             "merge_max_abs_prob_diff": diff, "torch": torch.__version__}
+    extra = {
+        "exported_from": str(source.resolve()),
+        "trained_as": asdict(model.config),
+        "merge_max_abs_prob_diff": diff,
+        "torch": torch.__version__,
+    }
     merged.save_pretrained(out_dir, full=True, extra=extra)
     return Path(out_dir), diff

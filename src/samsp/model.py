@@ -101,7 +101,12 @@ class SamSP(nn.Module):
         encoder = sam.image_encoder
         if config.strategy == "lora":
             encoder = apply_lora(
-                encoder, self.adapted, config.lora_targets, config.lora_rank, config.lora_alpha, config.lora_dropout
+                encoder,
+                self.adapted,
+                config.lora_targets,
+                config.lora_rank,
+                config.lora_alpha,
+                config.lora_dropout,
             )
         self.image_encoder = encoder
         self.prompt_encoder = sam.prompt_encoder
@@ -257,7 +262,11 @@ class SamSP(nn.Module):
         state = self.full_state_dict() if full else self.trainable_state_dict()
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
             save_file(state, str(tmp))
-        meta = {"samsp_version": __version__, "format": "full" if full else "trainable", "model": asdict(self.config)}
+        meta = {
+            "samsp_version": __version__,
+            "format": "full" if full else "trainable",
+            "model": asdict(self.config),
+        }
         meta.update(extra or {})
         with atomic_path(directory / CONFIG_NAME) as tmp:
             tmp.write_text(json.dumps(meta, indent=2))

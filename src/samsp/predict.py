@@ -50,22 +50,33 @@ def predict_files(
         raise SamspError(f"no images found in {', '.join(map(str, inputs))}")
     clashes = sorted(stem for stem, n in Counter(p.stem for p in paths).items() if n > 1)
     if clashes:
-        raise SamspError(f"several inputs share the name {', '.join(clashes[:5])}: outputs would overwrite "
-                         "each other; predict those folders separately")
+        raise SamspError(
+            f"several inputs share the name {', '.join(clashes[:5])}: outputs would overwrite "
+            "each other; predict those folders separately"
+        )
     out_dir = Path(out_dir)
     rows = []
     for start in tqdm(range(0, len(paths), batch_size), desc="predicting", unit="batch"):
         chunk = paths[start : start + batch_size]
         images = [read_image(p) for p in chunk]
-        for path, image, pred in zip(chunk, images, model.predict_batch(images, batch_size, iterations),
-                                     strict=True):
+        for path, image, pred in zip(chunk, images, model.predict_batch(images, batch_size, iterations), strict=True):
             _save_png(Image.fromarray((pred.mask * 255).astype(np.uint8)), out_dir / "masks" / f"{path.stem}.png")
             if overlays:
                 _save_png(overlay(image, pred), out_dir / "overlays" / f"{path.stem}.png")
             box = [round(float(v), 1) for v in pred.box] if pred.box is not None else ["", "", "", ""]
-            rows.append({"image": str(path), "mask": f"masks/{path.stem}.png", "score": round(pred.score, 4),
-                         "fallback": pred.fallback, "foreground": round(float(pred.mask.mean()), 5),
-                         "box_x0": box[0], "box_y0": box[1], "box_x1": box[2], "box_y1": box[3]})
+            rows.append(
+                {
+                    "image": str(path),
+                    "mask": f"masks/{path.stem}.png",
+                    "score": round(pred.score, 4),
+                    "fallback": pred.fallback,
+                    "foreground": round(float(pred.mask.mean()), 5),
+                    "box_x0": box[0],
+                    "box_y0": box[1],
+                    "box_x1": box[2],
+                    "box_y1": box[3],
+                }
+            )
     with atomic_path(out_dir / "predictions.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -37,7 +37,7 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     """HxWx3 uint8 -> 3xh'xw' uint8 tensor with the longest side = size (antialiased, like cv2's INTER_AREA)."""
     h, w = image.shape[:2]
     rh, rw = resized_shape(h, w, size)
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
     if (rh, rw) != (h, w):
         x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
     return x[0].round_().clamp_(0, 255).to(torch.uint8)
@@ -47,7 +47,7 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
     """HxW bool -> h'xw' bool at the image's resized shape (area-weighted, then > 0.5)."""
     h, w = mask.shape
     rh, rw = resized_shape(h, w, size)
-    x = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]
+    x = torch.from_numpy(np.require(mask, requirements=["C", "W"])).float()[None, None]
     if (rh, rw) != (h, w):
         x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
     return x[0, 0] > 0.5

@@ -59,21 +59,27 @@ def resolve_auto(config: dict, device: torch.device) -> list[str]:
             model["adapt_stages"] = 0
         elif cpu:
             model["adapt_stages"] = 1 if model["backbone"] == "litemedsam" else 2
-            notes.append(f"CPU: adapting the last {model['adapt_stages']} encoder stage(s) only; the frozen "
-                         "rest is computed once per image and cached")
+            notes.append(
+                f"CPU: adapting the last {model['adapt_stages']} encoder stage(s) only; the frozen "
+                "rest is computed once per image and cached"
+            )
         else:
             model["adapt_stages"] = None
             notes.append("GPU: adapting every encoder stage")
     if optim["time_budget_min"] == "auto":
         optim["time_budget_min"] = CPU_BUDGET_MIN if cpu else None
+    if runtime["mixed_precision"] in (False, None):  # YAML reads a bare `no` as false
+        runtime["mixed_precision"] = "no"
     if runtime["mixed_precision"] == "auto":
         if device.type == "cuda":
             runtime["mixed_precision"] = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             speedup = cpu_bf16_speedup()
             runtime["mixed_precision"] = "bf16" if speedup >= 1.5 else "no"
-            notes.append(f"CPU: bf16 matrix multiply measured {speedup:.1f}x as fast as fp32, so mixed precision "
-                         f"= {runtime['mixed_precision']}")
+            notes.append(
+                f"CPU: bf16 matrix multiply measured {speedup:.1f}x as fast as fp32, so mixed precision "
+                f"= {runtime['mixed_precision']}"
+            )
     if optim["epochs"] == "auto" and not cpu:
         optim["epochs"] = GPU_EPOCHS
         notes.append(f"GPU: {GPU_EPOCHS} epochs")
@@ -106,15 +112,23 @@ def set_seed(seed: int) -> None:
 
 def environment(device: torch.device) -> dict:
     """Versions, git revision and hardware, written into the run folder for reproducibility."""
+    from importlib.metadata import version
+
     import accelerate
     import peft
     import segment_anything  # noqa: F401  (version is in its metadata)
-    from importlib.metadata import version
 
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        rev = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         rev = None
     return {
@@ -132,11 +146,25 @@ def environment(device: torch.device) -> dict:
     }
 
 
+_PREFIX_MEMO: dict[tuple, tuple[int, list, list]] = {}
+
+
 class Batches:
     """Seeded batches of training samples: cached prefix features, or images augmented on the fly."""
 
-    def __init__(self, data: PreparedSet, model: SamSP | None, views: int, seed: int, batch_size: int,
-                 device: torch.device, dtype: torch.dtype, rank: int = 0, world: int = 1, autocast=None):
+    def __init__(
+        self,
+        data: PreparedSet,
+        model: SamSP | None,
+        views: int,
+        seed: int,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        rank: int = 0,
+        world: int = 1,
+        autocast=None,
+    ):
         self.data, self.seed, self.batch_size, self.device = data, seed, batch_size, device
         self.rank, self.world = rank, world
         self.features: list[list[torch.Tensor]] | None = None
@@ -146,6 +174,34 @@ class Batches:
                 self.features, self.items = self._cache(model, views, dtype)
 
     def _cache(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
+        """Prefix features per image and view; reused across runs in one process (benchmarks, sweeps).
+
+        A memo entry computed for fewer stages is advanced through the missing frozen stages instead of
+        encoding the images again.
+        """
+        key = (
+            tuple((p.id, str(p.image)) for p in self.data.pairs),
+            model.config.backbone,
+            model.config.checkpoint,
+            views,
+            self.seed if views > 1 else None,
+            str(dtype),
+            torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"),
+        )
+        stop = model.prefix_stages
+        if key in _PREFIX_MEMO and _PREFIX_MEMO[key][0] <= stop:
+            start, features, items = _PREFIX_MEMO[key]
+            if start < stop:
+                features = [
+                    [model.run_encoder(f[None].to(self.device).float(), start, stop)[0].to("cpu", dtype) for f in fv]
+                    for fv in features
+                ]
+            return features, items
+        features, items = self._encode(model, views, dtype)
+        _PREFIX_MEMO[key] = (stop, features, items)
+        return features, items
+
+    def _encode(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
         features, items = [], []
         bar = tqdm(total=len(self.data) * views, desc="caching frozen encoder part", unit="img", leave=False)
         for i in range(len(self.data)):
@@ -238,9 +294,7 @@ def train_step(model, batch, loss_cfg, optimizer, scheduler, accelerator, grad_c
 def make_optimizer(model: SamSP, optim: dict, total_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(total_steps, optim["warmup"], optim["schedule"])
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, optim["warmup"], optim["schedule"]))
     return optimizer, scheduler
 
 
@@ -268,6 +322,7 @@ def train(
 ) -> Path:
     """Train SAM-SP; return the run folder. With `resume`, continue that run from its last epoch exactly."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     if resume is not None:
         run_dir = Path(resume)
@@ -288,6 +343,8 @@ def train(
     device = pick_device(runtime["device"])
     if resume is None:
         notes += resolve_auto(config, device)
+    # accelerate keeps one precision per process; a sweep or test suite runs several trainings in one process
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=runtime["mixed_precision"])
     device = accelerator.device
     set_seed(runtime["seed"])
@@ -297,8 +354,12 @@ def train(
     train_pairs, val_pairs = train_val_pairs(config["data"], runtime["seed"])
     model_cfg = ModelConfig(**config["model"])
     loss_cfg = LossConfig(**config["loss"])
-    log.info("data: %d training and %d validation pairs from %s", len(train_pairs), len(val_pairs),
-             config["data"]["path"] or config["data"]["csv"])
+    log.info(
+        "data: %d training and %d validation pairs from %s",
+        len(train_pairs),
+        len(val_pairs),
+        config["data"]["path"] or config["data"]["csv"],
+    )
     augment = build_augment(config["data"]["augment"])
     backbone = get_backbone(model_cfg.backbone)
     train_set = PreparedSet(train_pairs, backbone, augment, runtime["threads"])
@@ -311,14 +372,38 @@ def train(
     rank, world = accelerator.process_index, accelerator.num_processes
     t0 = time.perf_counter()
     cacher = model if use_cache else None
-    train_batches = Batches(train_set, cacher, views, runtime["seed"], optim["batch_size"], device, dtype, rank,
-                            world, accelerator.autocast())
-    val_batches = Batches(val_set, cacher, 1, runtime["seed"], optim["batch_size"], device, dtype,
-                          autocast=accelerator.autocast())
+    train_batches = Batches(
+        train_set,
+        cacher,
+        views,
+        runtime["seed"],
+        optim["batch_size"],
+        device,
+        dtype,
+        rank,
+        world,
+        accelerator.autocast(),
+    )
+    val_batches = Batches(
+        val_set,
+        cacher,
+        1,
+        runtime["seed"],
+        optim["batch_size"],
+        device,
+        dtype,
+        autocast=accelerator.autocast(),
+    )
     cache_s = time.perf_counter() - t0
     if use_cache:
-        log.info("cached the frozen encoder prefix (%d of %d stages) for %d images x %d view(s) in %.0f s",
-                 model.prefix_stages, len(model.stage_names), len(train_set), views, cache_s)
+        log.info(
+            "cached the frozen encoder prefix (%d of %d stages) for %d images x %d view(s) in %.0f s",
+            model.prefix_stages,
+            len(model.stage_names),
+            len(train_set),
+            views,
+            cache_s,
+        )
 
     steps = train_batches.steps_per_epoch()
     if optim["epochs"] == "auto":
@@ -326,14 +411,19 @@ def train(
         budget_s = float(optim["time_budget_min"]) * 60
         per_epoch = steps * step_s + len(val_set) * step_s / max(1, optim["batch_size"]) / 3
         optim["epochs"] = int(max(1, min(200, budget_s // max(per_epoch, 1e-6))))
-        notes.append(f"CPU: {optim['epochs']} epochs fit the {optim['time_budget_min']:g}-minute budget "
-                     f"(measured {step_s:.2f} s per step of {optim['batch_size']})")
+        notes.append(
+            f"CPU: {optim['epochs']} epochs fit the {optim['time_budget_min']:g}-minute budget "
+            f"(measured {step_s:.2f} s per step of {optim['batch_size']})"
+        )
     for note in notes:
         log.info("defaults chose: %s", note)
-    log.info("strategy %s, adapted stages %s, %d trainable parameters, %d self-prompting iteration(s)",
-             model_cfg.strategy, model.adapted or "none",
-             sum(p.numel() for p in model.parameters() if p.requires_grad),
-             model_cfg.iterations if model_cfg.self_prompt else 0)
+    log.info(
+        "strategy %s, adapted stages %s, %d trainable parameters, %d self-prompting iteration(s)",
+        model_cfg.strategy,
+        model.adapted or "none",
+        sum(p.numel() for p in model.parameters() if p.requires_grad),
+        model_cfg.iterations if model_cfg.self_prompt else 0,
+    )
 
     if resume is None:
         (run_dir / "config.yaml").write_text(dump_config(config))
@@ -354,8 +444,13 @@ def train(
     for epoch in range(state["epoch"] + 1, epochs + 1):
         start = time.perf_counter()
         sums: dict[str, float] = {}
-        bar = tqdm(train_batches.epoch(epoch), total=steps, desc=f"epoch {epoch}/{epochs}", unit="step",
-                   disable=not accelerator.is_main_process)
+        bar = tqdm(
+            train_batches.epoch(epoch),
+            total=steps,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="step",
+            disable=not accelerator.is_main_process,
+        )
         for n, batch in enumerate(bar, 1):
             parts = train_step(model, batch, loss_cfg, optimizer, scheduler, accelerator, optim["grad_clip"])
             for k, v in parts.items():
@@ -363,15 +458,27 @@ def train(
             rate = n * optim["batch_size"] / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", img_s=f"{rate:.1f}")
         val_dice = validate(core, val_batches)
-        row = {"epoch": epoch, **{k: v / steps for k, v in sums.items()}, "val_dice": val_dice,
-               "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - start}
+        row = {
+            "epoch": epoch,
+            **{k: v / steps for k, v in sums.items()},
+            "val_dice": val_dice,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": time.perf_counter() - start,
+        }
         state["history"].append(row)
         state["epoch"] = epoch
         improved = val_dice > state["best"]
         if improved:
             state["best"] = val_dice
-        log.info("epoch %d/%d  loss %.4f  val Dice %.4f%s  %.0f s", epoch, epochs, row["loss"], val_dice,
-                 " (best)" if improved else "", row["seconds"])
+        log.info(
+            "epoch %d/%d  loss %.4f  val Dice %.4f%s  %.0f s",
+            epoch,
+            epochs,
+            row["loss"],
+            val_dice,
+            " (best)" if improved else "",
+            row["seconds"],
+        )
         if accelerator.is_main_process:
             extra = {"epoch": epoch, "val_dice": val_dice}
             if improved:
@@ -410,8 +517,11 @@ def _load_state(run_dir: Path, model: SamSP, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"])
-    return {"epoch": int(payload["epoch"]), "best": float(payload["best"]),
-            "history": json.loads(payload["history"])}
+    return {
+        "epoch": int(payload["epoch"]),
+        "best": float(payload["best"]),
+        "history": json.loads(payload["history"]),
+    }
 
 
 def _write_history(run_dir: Path, history: list[dict]) -> None:

@@ -36,10 +36,7 @@ class CheckReport:
 
     def format(self) -> str:
         """Human-readable summary with one line per problem."""
-        lines = [
-            f"{self.n_pairs} pairs checked, {len(self.problems)} problem(s), "
-            f"{self.n_empty_masks} empty mask(s)"
-        ]
+        lines = [f"{self.n_pairs} pairs checked, {len(self.problems)} problem(s), {self.n_empty_masks} empty mask(s)"]
         if self.sizes:
             (h0, w0), (h1, w1) = self.sizes["min_hw"], self.sizes["max_hw"]
             lines.append(f"image sizes (HxW): min {h0}x{w0}, max {h1}x{w1}")

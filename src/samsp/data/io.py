@@ -67,9 +67,7 @@ def read_image(path: str | Path) -> np.ndarray:
         if img.mode in _HIGH_BIT_MODES:
             gray = _to_uint8_by_max(np.asarray(img))
             return np.repeat(gray[:, :, None], 3, axis=2)
-        has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-            img.mode == "P" and "transparency" in img.info
-        )
+        has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
         if has_alpha:
             rgba = np.asarray(img.convert("RGBA")).astype(np.uint16)
             rgb = (rgba[:, :, :3] * rgba[:, :, 3:4] + 127) // 255
@@ -105,9 +103,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     return arr > (127 if top <= 255 else 32767)
 
 
-def require_same_size(
-    image_path: str | Path, mask_path: str | Path, image: np.ndarray, mask: np.ndarray
-) -> None:
+def require_same_size(image_path: str | Path, mask_path: str | Path, image: np.ndarray, mask: np.ndarray) -> None:
     """Refuse a pair whose sizes differ: silently resizing would hide mislabelled or mismatched files."""
     if mask.shape[:2] != image.shape[:2]:
         (ih, iw), (mh, mw) = image.shape[:2], mask.shape[:2]

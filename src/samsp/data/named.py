@@ -189,9 +189,7 @@ def _unpack(archive: Archive, zip_path: Path, staging: Path) -> None:
             for member in zf.namelist():
                 target = (raw / member).resolve()
                 if not target.is_relative_to(raw.resolve()):
-                    raise DataError(
-                        zip_path, f"archive member {member!r} would unpack outside the target folder"
-                    )
+                    raise DataError(zip_path, f"archive member {member!r} would unpack outside the target folder")
             zf.extractall(raw)
     except zipfile.BadZipFile as e:
         zip_path.unlink()

@@ -64,9 +64,7 @@ def find_pairs(
     _require_dir(image_folder, f"the images in {image_folder}/ (one file per image, named <id>.png/.jpg/...)")
     images = _image_files(image_folder)
     if not images:
-        raise DataError(
-            image_folder, f"no image files found (accepted extensions: {' '.join(IMAGE_EXTENSIONS)})"
-        )
+        raise DataError(image_folder, f"no image files found (accepted extensions: {' '.join(IMAGE_EXTENSIONS)})")
     by_id: dict[str, list[Path]] = {}
     for img in images:
         by_id.setdefault(img.stem, []).append(img)
@@ -99,9 +97,7 @@ def find_pairs(
             pairs.append(Pair(i, img, candidates[0]))
             used.add(key)
     if ambiguous:
-        raise DataError(
-            mask_folder, f"several masks fit one image, keep one or set mask_ext: {_listing(ambiguous)}"
-        )
+        raise DataError(mask_folder, f"several masks fit one image, keep one or set mask_ext: {_listing(ambiguous)}")
     no_image = sorted(m.name for key, ms in masks.items() if key not in used for m in ms)
     if no_mask or no_image:
         parts = []
@@ -114,9 +110,7 @@ def find_pairs(
             parts.append(f"{len(no_image)} mask(s) in {mask_folder} have no image: {_listing(no_image)}")
         message = "; ".join(parts)
         if on_unpaired == "error":
-            raise SamspError(
-                f"{message}. Fix the names, set the mask suffix/extension, or skip unpaired files."
-            )
+            raise SamspError(f"{message}. Fix the names, set the mask suffix/extension, or skip unpaired files.")
         warnings.warn(f"skipping unpaired files: {message}", stacklevel=2)
     if not pairs:
         raise DataError(root, "no image/mask pairs found; check images_dir, masks_dir and mask_suffix")
@@ -135,9 +129,7 @@ def find_images(paths: list[str | Path]) -> list[Path]:
             found.extend(files)
         elif path.is_file():
             if not is_image_file(path):
-                raise DataError(
-                    path, f"not an image file (accepted extensions: {' '.join(IMAGE_EXTENSIONS)})"
-                )
+                raise DataError(path, f"not an image file (accepted extensions: {' '.join(IMAGE_EXTENSIONS)})")
             found.append(path)
         else:
             raise DataError(path, "no such file or folder")

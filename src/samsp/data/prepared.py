@@ -24,9 +24,7 @@ from .transforms import Augment
 class PreparedSet:
     """Pairs decoded and resized to the backbone's input size, with an optional seeded augmentation."""
 
-    def __init__(
-        self, pairs: Sequence[Pair], backbone: Backbone, augment: Augment | None = None, threads: int = 4
-    ):
+    def __init__(self, pairs: Sequence[Pair], backbone: Backbone, augment: Augment | None = None, threads: int = 4):
         self.pairs = list(pairs)
         self.backbone = backbone
         self.augment = augment

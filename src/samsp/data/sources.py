@@ -1,4 +1,4 @@
-"""From the `data` section of a config (or CLI options) to lists of image/mask pairs: folders, CSV, named sets, splits."""
+"""From a config's `data` section (or CLI options) to lists of image/mask pairs: folders, CSV, named sets, splits."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ def dataset_root(path: str | Path) -> Path:
     if not root.exists():
         raise DataError(
             root,
-            f"data folder not found (give a folder with images/ and masks/, or one of "
-            f"{', '.join(sorted(DATASETS))})",
+            f"data folder not found (give a folder with images/ and masks/, or one of {', '.join(sorted(DATASETS))})",
         )
     return root
 
@@ -30,9 +29,7 @@ def all_pairs(data: dict) -> list[Pair]:
     if data.get("csv"):
         return read_csv_pairs(data["csv"], root=data.get("path"))
     if not data.get("path"):
-        raise DataError(
-            Path("."), "no data given: pass --data FOLDER (with images/ and masks/) or a dataset name"
-        )
+        raise DataError(Path("."), "no data given: pass --data FOLDER (with images/ and masks/) or a dataset name")
     return find_pairs(
         dataset_root(data["path"]),
         images_dir=data.get("images_dir", "images"),
@@ -58,7 +55,5 @@ def train_val_pairs(data: dict, seed: int) -> tuple[list[Pair], list[Pair]]:
     if limit and limit < len(train):
         train = sorted(random.Random(seed).sample(train, int(limit)), key=lambda p: p.id)
     if not train:
-        raise DataError(
-            Path(str(data.get("path") or data.get("csv"))), "no training pairs left after the split"
-        )
+        raise DataError(Path(str(data.get("path") or data.get("csv"))), "no training pairs left after the split")
     return train, val

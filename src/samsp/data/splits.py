@@ -89,9 +89,7 @@ def read_csv_pairs(path: str | Path, root: str | Path | None = None) -> list[Pai
         mask = base / row["mask"] if row["mask"] else None
         missing.extend(f"line {line_no}: {p}" for p in (image, mask) if p is not None and not p.is_file())
         if image.stem in seen:
-            raise DataError(
-                path, f"line {line_no}: id {image.stem!r} appears twice; image file names must be unique"
-            )
+            raise DataError(path, f"line {line_no}: id {image.stem!r} appears twice; image file names must be unique")
         seen.add(image.stem)
         pairs.append(Pair(image.stem, image, mask))
     if missing:

@@ -59,11 +59,7 @@ def build_augment(
         if unknown:
             raise SamspError(f"unknown augment option(s) {unknown}; known: {', '.join(DEFAULT_AUGMENT)}")
         probs.update(cfg)
-    bad = {
-        k: v
-        for k, v in probs.items()
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1
-    }
+    bad = {k: v for k, v in probs.items() if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1}
     if bad:
         raise SamspError(f"augment probabilities must be numbers in [0, 1], got {bad}")
     return Augment({k: float(v) for k, v in probs.items()}, seed=seed)

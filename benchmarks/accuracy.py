@@ -1,0 +1,178 @@
+"""The paper's comparison and ablations on real data: LiteMedSAM on Kvasir-SEG (PraNet split), unseen CVC-ClinicDB.
+
+Every fine-tuned row trains on the same seeded subset of the PraNet training ids for the same number of epochs
+(one process, so the frozen encoder prefix is computed once and shared). Tests: the 100 PraNet Kvasir test ids and,
+unseen, the 62 PraNet CVC-ClinicDB test ids of the 256x256 JPEG copy. Writes the "accuracy" and "ablations"
+sections of BENCHMARKS.md, with curves as PNG, and every row's run folder (config, split ids) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import matplotlib
+from common import ROOT, SHARED, markdown_table, write_section
+
+from samsp import ModelConfig, SamSP
+from samsp.data.named import pranet_split
+from samsp.data.pairs import find_pairs
+from samsp.data.splits import select, write_split
+from samsp.evaluate import evaluate, load_eval_set, predict_set, prefix_features
+from samsp.train import train
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRICS = ("mDice", "mIoU", "s_measure", "wf_measure", "mean_em", "mae")
+
+ROWS = {  # name -> train overrides
+    "fine-tuned, one no-prompt pass (SAMed-style LoRA)": ["model.self_prompt=false"],
+    "SAM-SP without self-distillation": ["loss.distill=false"],
+    "SAM-SP": [],
+    "SAM-SP, frozen encoder": ["model.strategy=frozen"],
+    "SAM-SP, full fine-tuning of the last stage": ["model.strategy=full", "optim.lr=1e-4"],
+    "SAM-SP, alpha = 0.5": ["loss.alpha=0.5"],
+    "SAM-SP, alpha = 2": ["loss.alpha=2.0"],
+}
+
+
+def metric_row(summary: dict) -> list[float]:
+    return [summary["mDice"], summary["mIoU"], *(summary["mean"][m] for m in METRICS[2:])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--train-size", type=int, default=160)
+    parser.add_argument("--val-size", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench-accuracy"))
+    parser.add_argument("--rows", nargs="*", help="subset of row names (default: all)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    started = time.perf_counter()
+    out = Path(args.out)
+    kvasir = SHARED / "kvasir-seg"
+    pairs = find_pairs(kvasir)
+    train_ids, test_ids = pranet_split("kvasir-seg")
+    pool = select(pairs, train_ids, "PraNet train ids")
+    picked = random.Random(0).sample(pool, args.train_size + args.val_size)
+    write_split(out / "train_ids.txt", sorted(picked[: args.train_size], key=lambda p: p.id))
+    write_split(out / "val_ids.txt", sorted(picked[args.train_size :], key=lambda p: p.id))
+
+    zero = SamSP(ModelConfig(strategy="frozen"))
+    probe = SamSP(ModelConfig(adapt_stages=1))  # the shared frozen prefix: stages before the last one
+    shared = probe.prefix_stages
+    cvc_pairs = find_pairs(SHARED / "cvc-clinicdb-256")
+    tests = {
+        "Kvasir": load_eval_set(select(pairs, test_ids, "PraNet test ids"), probe),
+        "CVC-ClinicDB (unseen)": load_eval_set(select(cvc_pairs, pranet_split("cvc")[1], "CVC test ids"), probe),
+    }
+    feats = {name: prefix_features(probe, data) for name, data in tests.items()}
+
+    def score(model: SamSP, prompt: str = "none", iterations: int | None = None, tag: str = "") -> dict:
+        res = {}
+        for name, data in tests.items():
+            reuse = model.prefix_stages >= shared  # its frozen prefix includes the shared one
+            probs = predict_set(
+                model, data, prompt, feats[name] if reuse else None, shared if reuse else 0, iterations=iterations
+            )
+            res[name] = evaluate(model, data, out / "eval" / f"{tag}-{name.split()[0]}", tag, probs=probs)
+        return res
+
+    results: dict[str, dict] = {}
+    for prompt, label in (
+        ("none", "no prompt"),
+        ("full_box", "whole-image box"),
+        ("gt_box", "ground-truth box (oracle, reads the label)"),
+    ):
+        results[f"zero-shot LiteMedSAM, {label}"] = score(zero, prompt, tag=f"zeroshot-{prompt}")
+    train_minutes = {}
+    for i, (name, extra) in enumerate(ROWS.items()):
+        if args.rows and name not in args.rows:
+            continue
+        t0 = time.perf_counter()
+        run = train(
+            data=str(kvasir),
+            out=out / f"row{i}",
+            overrides=[
+                f"data.train_ids={out / 'train_ids.txt'}",
+                f"data.val_ids={out / 'val_ids.txt'}",
+                f"optim.epochs={args.epochs}",
+                *extra,
+            ],
+        )
+        train_minutes[name] = (time.perf_counter() - t0) / 60
+        model = SamSP.from_pretrained(run)
+        results[name] = score(model, tag=f"row{i}")
+        if name == "SAM-SP":
+            curve = {k: score(model, iterations=k, tag=f"iters{k}") for k in range(5)}
+    (out / "results.json").write_text(json.dumps({"results": results, "train_minutes": train_minutes}, indent=2))
+
+    header = [
+        "row",
+        *(f"Kvasir {m}" for m in METRICS[:2]),
+        "Kvasir S / wF / mE / MAE",
+        *(f"CVC {m}" for m in METRICS[:2]),
+    ]
+    rows = []
+    for name, res in results.items():
+        k, c = metric_row(res["Kvasir"]), metric_row(res["CVC-ClinicDB (unseen)"])
+        rows.append([name, k[0], k[1], " / ".join(f"{v:.3f}" for v in k[2:]), c[0], c[1]])
+    rows += [
+        ["PraNet (quoted from the literature, not run)", 0.898, "", "", "", ""],
+        ["Polyp-PVT (quoted from the literature, not run)", 0.917, "", "", "", ""],
+    ]
+    total = (time.perf_counter() - started) / 60
+    accuracy = "\n".join(
+        [
+            "## Accuracy: the paper's comparison (LiteMedSAM backbone, no prompt unless the row says so)",
+            "",
+            f"Training: {args.train_size} seeded PraNet Kvasir training images (+{args.val_size} for validation), "
+            f"{args.epochs} epochs for every fine-tuned row, CPU defaults otherwise (LoRA rank 4 on the last TinyViT "
+            "stage, bf16). Test: 100 PraNet Kvasir test images; 62 PraNet CVC-ClinicDB test images of the 256x256 "
+            "JPEG copy, never trained on (compare CVC numbers only within this table). "
+            f"Wall time of the whole benchmark: {total:.0f} min.",
+            "",
+            markdown_table(header, rows),
+            "",
+            "Training minutes per row: " + ", ".join(f"{k}: {v:.1f}" for k, v in train_minutes.items()) + ".",
+            f"Per-row run folders (config, split ids, curves) under `{Path(args.out).relative_to(ROOT)}/`.",
+        ]
+    )
+    if "SAM-SP" in results:
+        iters = [[k, r["Kvasir"]["mDice"], r["CVC-ClinicDB (unseen)"]["mDice"]] for k, r in curve.items()]
+        fig, ax = plt.subplots(figsize=(4.5, 3))
+        for col, label in ((1, "Kvasir"), (2, "CVC-ClinicDB (unseen)")):
+            ax.plot([r[0] for r in iters], [r[col] for r in iters], marker="o", label=label)
+        ax.set_xlabel("self-prompting iterations at inference")
+        ax.set_ylabel("mDice")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(ROOT / "benchmarks" / "iterations.png", dpi=100)
+        ablation = "\n".join(
+            [
+                "## Ablation: self-prompting iterations at inference (the SAM-SP row's model, trained with 1)",
+                "",
+                markdown_table(["iterations", "Kvasir mDice", "CVC mDice"], iters),
+                "",
+                "![iterations](benchmarks/iterations.png)",
+                "",
+                "Training strategies and alpha are rows of the accuracy table above (same data and epochs).",
+            ]
+        )
+    print(accuracy)
+    if not args.no_write:
+        write_section("accuracy", accuracy)
+        if "SAM-SP" in results:
+            print(ablation)
+            write_section("ablations", ablation)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The `samsp` command end to end on the tiny backbone: train, evaluate, predict, export, check-data, errors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_dataset
+from PIL import Image
+
+from samsp.cli import main
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), n=8)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--out",
+                str(out),
+                "--backbone",
+                "tiny",
+                "--epochs",
+                "2",
+                "--set",
+                "runtime.threads=1",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_train_evaluate_predict_export(run, dataset, tmp_path, capsys):
+    assert (run / "best" / "weights.safetensors").is_file()
+
+    assert main(["evaluate", "--model", str(run), "--data", str(dataset), "--out", str(tmp_path / "ev")]) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["n_images"] == 8 and 0 <= summary["mDice"] <= 1
+    assert "pooled_dice" in capsys.readouterr().out
+    rows = (tmp_path / "ev" / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 9 and rows[0].startswith("id,dice,iou")
+
+    assert main(["predict", "--model", str(run), str(dataset / "images"), "--out", str(tmp_path / "pr")]) == 0
+    for i in range(8):
+        image = Image.open(dataset / "images" / f"case_{i:02d}.png")
+        mask = Image.open(tmp_path / "pr" / "masks" / f"case_{i:02d}.png")
+        assert mask.size == image.size and mask.mode == "L"
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert (tmp_path / "pr" / "overlays" / f"case_{i:02d}.png").is_file()
+    assert len((tmp_path / "pr" / "predictions.csv").read_text().splitlines()) == 9
+
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "ex")]) == 0
+    meta = json.loads((tmp_path / "ex" / "samsp.json").read_text())
+    assert meta["format"] == "full" and meta["merge_max_abs_prob_diff"] < 1e-4
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "ex"),
+                str(dataset / "images" / "case_03.png"),
+                "--out",
+                str(tmp_path / "pr2"),
+            ]
+        )
+        == 0
+    )
+    a = np.asarray(Image.open(tmp_path / "pr" / "masks" / "case_03.png"))
+    b = np.asarray(Image.open(tmp_path / "pr2" / "masks" / "case_03.png"))
+    assert (a == b).mean() > 0.999  # the merged export predicts the same mask
+
+
+def test_evaluate_any_folder_of_predicted_masks(dataset, tmp_path):
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(dataset / "masks"),
+                "--gt",
+                str(dataset / "masks"),
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["mDice"] == pytest.approx(1.0)
+
+
+def test_resume_from_the_cli(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = (copy / "config.yaml").read_text().replace("epochs: 2", "epochs: 3")
+    (copy / "config.yaml").write_text(config)
+    assert main(["train", "--resume", str(copy)]) == 0
+    assert len((copy / "metrics.csv").read_text().splitlines()) == 4
+
+
+def test_check_data_lists_every_problem_and_fails(dataset, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(dataset, bad)
+    (bad / "images" / "case_01.png").write_bytes(b"")
+    Image.new("L", (5, 5)).save(bad / "masks" / "case_02.png")
+    assert main(["check-data", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "case_01.png" in out and "case_02.png" in out and "2 problem(s)" in out
+
+
+@pytest.mark.parametrize(
+    ("make_args", "expected"),
+    [
+        (
+            lambda d, t: ["train", "--data", str(t / "missing"), "--out", str(t / "r"), "--backbone", "tiny"],
+            "missing",
+        ),
+        (
+            lambda d, t: ["predict", "--model", str(t / "nothing"), str(d / "images"), "--out", str(t / "p")],
+            "model folder not found",
+        ),
+        (
+            lambda d, t: [
+                "train",
+                "--data",
+                str(d),
+                "--out",
+                str(t / "r"),
+                "--backbone",
+                "tiny",
+                "--set",
+                "optim.lrate=1",
+            ],
+            "unknown setting 'optim.lrate'",
+        ),
+        (
+            lambda d, t: ["train", "--data", str(d), "--out", str(t / "r"), "--backbone", "vit_q"],
+            "unknown backbone",
+        ),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(dataset, tmp_path, capsys, make_args, expected):
+    assert main(make_args(dataset, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("samsp: error:") and expected in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_image_without_mask_names_the_file_and_writes_nothing(dataset, tmp_path, capsys):
+    data = tmp_path / "d"
+    shutil.copytree(dataset, data)
+    (data / "masks" / "case_05.png").unlink()
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--backbone", "tiny", "--epochs", "1"]) == 2
+    assert "case_05" in capsys.readouterr().err
+    assert not (out / "best").exists() and not (out / "last").exists()
+
+
+def test_corrupt_image_is_named_before_training_starts(dataset, tmp_path, capsys):
+    data = tmp_path / "d"
+    shutil.copytree(dataset, data)
+    raw = (data / "images" / "case_04.png").read_bytes()
+    (data / "images" / "case_04.png").write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--out", str(out), "--backbone", "tiny", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "case_04.png" in err and "truncated" in err
+    assert not (out / "last").exists()
+
+
+def test_checkpoint_for_another_backbone_is_refused(dataset, tmp_path, capsys):
+    wrong = tmp_path / "other.pth"
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1)}, wrong)
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--out",
+                str(tmp_path / "r"),
+                "--backbone",
+                "tiny",
+                "--checkpoint",
+                str(wrong),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "other.pth" in err and "not a tiny checkpoint" in err
+
+
+def test_debug_shows_the_traceback(dataset, tmp_path):
+    from samsp.errors import SamspError
+
+    with pytest.raises(SamspError):
+        main(["--debug", "predict", "--model", str(tmp_path / "nothing"), str(dataset), "--out", str(tmp_path)])

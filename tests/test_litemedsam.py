@@ -1,0 +1,77 @@
+"""The embedded default backbone on real Kvasir-SEG images from ../shared/data (skipped when absent)."""
+
+import numpy as np
+import pytest
+import torch
+
+from samsp import ModelConfig, SamSP
+from samsp.backbones import build_sam, get_backbone
+from samsp.data.io import read_pair
+from samsp.data.pairs import find_pairs
+from samsp.data.prepared import PreparedSet, collate
+from samsp.data.splits import read_id_list, select
+from samsp.errors import SamspError
+from samsp.evaluate import load_eval_set, predict_set
+from samsp.losses import LossConfig, samsp_loss
+from samsp.metrics import image_metrics
+
+
+@pytest.fixture(scope="module")
+def kvasir(shared_data):
+    root = shared_data / "kvasir-seg"
+    pairs = find_pairs(root)
+    train = select(pairs, read_id_list(root / "splits" / "pranet_train.txt"), "train")
+    test = select(pairs, read_id_list(root / "splits" / "pranet_test.txt"), "test")
+    return train, test
+
+
+def test_bundled_weights_load_into_segment_anything_modules():
+    sam = build_sam(get_backbone("litemedsam"))
+    assert sum(p.numel() for p in sam.parameters()) > 9_000_000
+    assert type(sam.mask_decoder).__module__.startswith("segment_anything.")
+
+
+def test_zero_shot_reference_rows_match_the_published_behaviour(kvasir):
+    """Ground-truth box >> whole-image box > no prompt: the preprocessing is LiteMedSAM's."""
+    _, test = kvasir
+    model = SamSP(ModelConfig(strategy="frozen")).eval()
+    data = load_eval_set(test[:4], model)
+    dice = {}
+    for prompt in ("none", "full_box", "gt_box"):
+        probs = predict_set(model, data, prompt=prompt)
+        dice[prompt] = np.mean([image_metrics(p, g)["dice"] for p, g in zip(probs, data.gts, strict=True)])
+    assert dice["gt_box"] > 0.8
+    assert dice["gt_box"] > dice["full_box"] + 0.2
+    assert dice["none"] < 0.2
+
+
+def test_a_short_fine_tune_lowers_the_loss_and_predicts_a_mask_of_the_right_size(kvasir):
+    torch.manual_seed(0)
+    train, _ = kvasir
+    model = SamSP(ModelConfig(adapt_stages=1))
+    data = PreparedSet(train[:2], model.backbone)
+    batch = collate([data.item(i) for i in range(2)])
+    features = model.encode_prefix(batch["image"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    dice = []
+    for _ in range(12):
+        out = model(features=features, valid_hw=batch["valid_hw"])
+        loss, parts = samsp_loss(out.logits, batch["mask"], LossConfig())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        dice.append(parts["dice"])
+    assert np.mean(dice[-3:]) < dice[0] - 0.1, dice
+    image, gt = read_pair(train[0].image, train[0].mask)
+    pred = model.eval().predict(image)
+    assert pred.mask.shape == gt.shape == image.shape[:2]
+    assert pred.mask.any()
+    assert image_metrics(pred.probability, gt)["dice"] > 0.3
+
+
+def test_a_vit_checkpoint_is_refused_for_litemedsam(tmp_path):
+    wrong = tmp_path / "sam_vit_b.pth"
+    torch.save(build_sam(get_backbone("tiny")).state_dict(), wrong)
+    with pytest.raises(SamspError, match="sam_vit_b.pth: not a litemedsam checkpoint"):
+        build_sam(get_backbone("litemedsam"), wrong)
