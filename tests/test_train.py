@@ -100,3 +100,29 @@ def test_refuses_to_overwrite_a_run_and_to_resume_nothing(dataset, tmp_path):
 def test_unknown_settings_are_errors(dataset, tmp_path):
     with pytest.raises(SamspError, match="unknown setting 'optim.lrate'"):
         train(data=str(dataset), out=tmp_path / "x", overrides=["optim.lrate=1"])
+
+
+def test_numbers_in_scientific_notation_and_bare_no_are_read_as_meant(tmp_path):
+    from samsp.config import load_config
+
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-4\nruntime:\n  mixed_precision: no\n")
+    config = load_config(tmp_path / "c.yaml", ["loss.alpha=5e-1"])
+    assert config["optim"]["lr"] == pytest.approx(1e-4) and config["loss"]["alpha"] == pytest.approx(0.5)
+    from samsp.train import resolve_auto
+
+    resolve_auto(config, torch.device("cpu"))
+    assert config["runtime"]["mixed_precision"] == "no"
+
+
+def test_augmented_batches_are_the_same_with_or_without_loader_workers(dataset, tmp_path):
+    runs = []
+    for workers in (0, 2):
+        runs.append(
+            train(
+                data=str(dataset),
+                out=tmp_path / f"w{workers}",
+                overrides=[*FAST, "optim.epochs=1", "runtime.cache=false", f"runtime.workers={workers}"],
+            )
+        )
+    a, b = (load_file(str(r / "last" / "weights.safetensors")) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -7,6 +7,7 @@ written into the run folder so a run can be repeated or resumed exactly.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from .model import ModelConfig
 def _defaults(cls: type) -> dict[str, Any]:
     return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields(cls)}
 
+
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 DEFAULTS: dict[str, Any] = {
     "model": {**_defaults(ModelConfig), "adapt_stages": "auto"},
@@ -57,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "cache": "auto",  # cache the frozen encoder prefix; auto = whenever there is a frozen prefix
         "cache_dtype": "float32",
         "threads": 4,  # image-decoding threads
+        "workers": "auto",  # data-loader workers for on-the-fly augmentation; auto = 0 on the CPU, 8 on a GPU
     },
 }
 
@@ -72,8 +76,15 @@ def merge(base: dict, update: dict, where: str = "") -> dict:
                 raise SamspError(f"setting {where}{key} must be a mapping")
             out[key] = merge(out[key], value, f"{where}{key}.")
         else:
-            out[key] = value
+            out[key] = _number(value) if where != "data." else value
     return out
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` as a string; a setting that looks like a number is one."""
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)
+    return value
 
 
 def parse_override(text: str) -> dict:

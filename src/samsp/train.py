@@ -164,8 +164,9 @@ class Batches:
         rank: int = 0,
         world: int = 1,
         autocast=None,
+        workers: int = 0,
     ):
-        self.data, self.seed, self.batch_size, self.device = data, seed, batch_size, device
+        self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
@@ -227,15 +228,33 @@ class Batches:
         """Yield this process's batches for `epoch`: the order and augmentations depend only on (seed, epoch)."""
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         order = torch.randperm(len(self.data), generator=g)[self.rank :: self.world].tolist()
+        if self.features is None:  # augment on the fly, in loader workers when there are any
+            samples = _EpochSamples(self, order, epoch)
+            loader = torch.utils.data.DataLoader(
+                samples, batch_size=self.batch_size, num_workers=self.workers, collate_fn=collate
+            )
+            for batch in loader:
+                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            return
+        views = len(self.features[0])
         for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if self.features is not None:
-                views = len(self.features[0])
-                pick = [(i, (epoch + i) % views) for i in idx]
-                batch = collate([{**self.items[i][v], "features": self.features[i][v].float()} for i, v in pick])
-            else:
-                batch = collate([self.data.item(i, seed=self._seed(epoch, i)) for i in idx])
+            pick = [(i, (epoch + i) % views) for i in order[start : start + self.batch_size]]
+            batch = collate([{**self.items[i][v], "features": self.features[i][v].float()} for i, v in pick])
             yield {k: v.to(self.device) for k, v in batch.items()}
+
+
+class _EpochSamples(torch.utils.data.Dataset):
+    """One epoch's samples in a fixed order, each augmented with its own (seed, epoch, index) seed."""
+
+    def __init__(self, batches: Batches, order: list[int], epoch: int):
+        self.data, self.order, self.epoch, self.seed_of = batches.data, order, epoch, batches._seed
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        i = self.order[k]
+        return self.data.item(i, seed=self.seed_of(self.epoch, i))
 
 
 def lr_lambda(total_steps: int, warmup: float, schedule: str):
