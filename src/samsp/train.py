@@ -391,6 +391,7 @@ def train(
     rank, world = accelerator.process_index, accelerator.num_processes
     t0 = time.perf_counter()
     cacher = model if use_cache else None
+    workers = runtime["workers"] if runtime["workers"] != "auto" else (0 if device.type == "cpu" else 8)
     train_batches = Batches(
         train_set,
         cacher,
@@ -402,6 +403,7 @@ def train(
         rank,
         world,
         accelerator.autocast(),
+        workers,
     )
     val_batches = Batches(
         val_set,
