@@ -427,11 +427,12 @@ def train(
         )
 
     steps = train_batches.steps_per_epoch()
-    if optim["epochs"] == "auto":
+    epochs_from_budget = optim["epochs"] == "auto"
+    if epochs_from_budget:
         step_s = measure_step_seconds(model, train_batches, loss_cfg, optim, accelerator)
-        budget_s = float(optim["time_budget_min"]) * 60
         per_epoch = steps * step_s + len(val_set) * step_s / max(1, optim["batch_size"]) / 3
-        optim["epochs"] = int(max(1, min(200, budget_s // max(per_epoch, 1e-6))))
+        fit = float(optim["time_budget_min"]) * 60 // max(per_epoch, 1e-6)
+        optim["epochs"] = int(max(1, min(200, fit)))
         notes.append(
             f"CPU: {optim['epochs']} epochs fit the {optim['time_budget_min']:g}-minute budget "
             f"(measured {step_s:.2f} s per step of {optim['batch_size']})"
@@ -462,6 +463,8 @@ def train(
 
     core = accelerator.unwrap_model(model)
     core.train()
+    budget_s = float(optim["time_budget_min"]) * 60 if epochs_from_budget else None
+    loop_start = time.perf_counter()
     for epoch in range(state["epoch"] + 1, epochs + 1):
         start = time.perf_counter()
         sums: dict[str, float] = {}
@@ -507,6 +510,16 @@ def train(
             core.save_pretrained(run_dir / "last", extra=extra)
             _save_state(run_dir, core, optimizer, scheduler, state)
             _write_history(run_dir, state["history"])
+        used = time.perf_counter() - loop_start
+        if budget_s and epoch < epochs and used + row["seconds"] > 1.15 * budget_s:
+            log.info(
+                "stopping after epoch %d of %d: the machine ran slower than measured, and another epoch "
+                "would pass the %.0f-minute budget by more than 15%%",
+                epoch,
+                epochs,
+                budget_s / 60,
+            )
+            break
     log.info("done: best validation Dice %.4f; model in %s", state["best"], run_dir / "best")
     return run_dir
 
