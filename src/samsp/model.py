@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .adapters import adapted_stage_names, apply_lora, base_encoder, merge_lora, set_trainable
-from .backbones import build_sam, get_backbone
+from .backbones import build_sam, get_backbone, key_problems
 from .errors import SamspError
 from .io_utils import atomic_path
 from .preprocess import Frame, postprocess, preprocess
@@ -315,7 +315,7 @@ class SamSP(nn.Module):
         except Exception as err:  # safetensors raises its own error types for a corrupt file
             raise SamspError(f"{weights}: cannot be read as safetensors ({err})") from err
         expected = model.state_dict() if full else model.trainable_state_dict()
-        problems = _key_problems(expected, state)
+        problems = key_problems(expected, state)
         if problems:
             raise SamspError(f"{weights}: does not fit a {config.backbone} model built from {meta_path} ({problems})")
         model.load_state_dict(state, strict=full)
@@ -332,17 +332,6 @@ def resolve_model_dir(path: Path) -> Path:
     if not path.exists():
         raise SamspError(f"{path}: model folder not found (give a run folder from `samsp train` or an export)")
     raise SamspError(f"{path}: no {CONFIG_NAME} here or in best/ or last/ (give a run or export folder)")
-
-
-def _key_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shape = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    return "; ".join(
-        f"{label} {len(keys)}: {', '.join(keys[:2])}{' ...' if len(keys) > 2 else ''}"
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shape))
-        if keys
-    )
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ download and point at the folder themselves.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from samsp.data.pairs import is_image_file
 from samsp.errors import DataError, SamspError
+from samsp.io_utils import sha256_file
 
 _MARKER = ".complete.json"
 
@@ -119,15 +119,6 @@ def pranet_split(name: str) -> tuple[list[str], list[str]]:
     return lists[0], lists[1]
 
 
-def sha256_of(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in chunks so multi-GB archives do not fill memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download(ds: NamedDataset, archive: Archive, folder: Path) -> tuple[Path, str]:
     dest = folder / archive.filename
     if not dest.is_file():
@@ -149,7 +140,7 @@ def _download(ds: NamedDataset, archive: Archive, folder: Path) -> tuple[Path, s
                 + (f"; {ds.manual_hint}" if ds.manual_hint else "")
             ) from e
         os.replace(part, dest)
-    digest = sha256_of(dest)
+    digest = sha256_file(dest)
     if archive.expected_sha256 is None:
         dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n", encoding="utf-8")
         warnings.warn(
