@@ -83,9 +83,10 @@ def main() -> None:
             if only and name not in only:
                 continue
             reuse = model.prefix_stages >= shared  # its frozen prefix includes the shared one
-            probs = predict_set(
-                model, data, prompt, feats[name] if reuse else None, shared if reuse else 0, iterations=iterations
-            )
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                probs = predict_set(
+                    model, data, prompt, feats[name] if reuse else None, shared if reuse else 0, iterations=iterations
+                )
             res[name] = evaluate(model, data, out / "eval" / f"{tag}-{name.split()[0]}", tag, probs=probs)
         return res
 

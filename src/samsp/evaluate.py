@@ -91,7 +91,7 @@ def predict_set(
     for start in tqdm(range(0, len(data.ids), batch_size), desc=f"predicting ({prompt})", leave=False):
         stop = min(start + batch_size, len(data.ids))
         if features is not None:
-            emb = model.run_encoder(torch.stack(features[start:stop]).to(device), start_stage)
+            emb = model.run_encoder(torch.stack(features[start:stop]).to(device, torch.float32), start_stage)
         else:
             emb = model.run_encoder(torch.stack(data.inputs[start:stop]).to(device))
         valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]], device=device)
