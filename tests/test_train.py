@@ -126,3 +126,17 @@ def test_augmented_batches_are_the_same_with_or_without_loader_workers(dataset, 
         )
     a, b = (load_file(str(r / "last" / "weights.safetensors")) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_time_budget_plans_the_epochs_and_the_run_agrees_with_its_config(dataset, tmp_path):
+    import yaml
+
+    run = train(
+        data=str(dataset),
+        out=tmp_path / "budget",
+        overrides=[*FAST, "optim.epochs=auto", "optim.time_budget_min=0.15"],
+    )
+    epochs = yaml.safe_load((run / "config.yaml").read_text())["optim"]["epochs"]
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    assert isinstance(epochs, int) and len(rows) == epochs >= 1
+    assert "epochs fit the" in (run / "train.log").read_text()

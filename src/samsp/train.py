@@ -257,18 +257,24 @@ class _EpochSamples(torch.utils.data.Dataset):
         return self.data.item(i, seed=self.seed_of(self.epoch, i))
 
 
-def lr_lambda(total_steps: int, warmup: float, schedule: str):
-    warm = max(1, int(total_steps * warmup))
+class WarmupCosine:
+    """LR factor per step: linear warm-up, then cosine to zero at `total_steps`, which a re-plan may move.
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        if schedule == "constant":
+    A class rather than a closure so LambdaLR saves `total_steps` in its state and a resumed run keeps it.
+    """
+
+    def __init__(self, total_steps: int, warmup: float, schedule: str):
+        self.total_steps = total_steps
+        self.warm = max(1, int(total_steps * warmup))
+        self.schedule = schedule
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        if self.schedule == "constant":
             return 1.0
-        progress = (step - warm) / max(1, total_steps - warm)
+        progress = (step - self.warm) / max(1, self.total_steps - self.warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def dice_at_input(passes_logits: torch.Tensor, mask: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
@@ -313,7 +319,9 @@ def train_step(model, batch, loss_cfg, optimizer, scheduler, accelerator, grad_c
 def make_optimizer(model: SamSP, optim: dict, total_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, optim["warmup"], optim["schedule"]))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(total_steps, optim["warmup"], optim["schedule"])
+    )
     return optimizer, scheduler
 
 
@@ -463,9 +471,13 @@ def train(
 
     core = accelerator.unwrap_model(model)
     core.train()
-    budget_s = float(optim["time_budget_min"]) * 60 if epochs_from_budget else None
+    # one process re-plans by its own clock; several would disagree, so they keep the first plan
+    single = accelerator.num_processes == 1
+    budget_s = float(optim["time_budget_min"]) * 60 if epochs_from_budget and single else None
     loop_start = time.perf_counter()
-    for epoch in range(state["epoch"] + 1, epochs + 1):
+    epoch, first = state["epoch"], state["epoch"] + 1
+    while epoch < epochs:
+        epoch += 1
         start = time.perf_counter()
         sums: dict[str, float] = {}
         bar = tqdm(
@@ -503,6 +515,13 @@ def train(
             " (best)" if improved else "",
             row["seconds"],
         )
+        if budget_s:  # before saving, so the saved schedule and config.yaml agree
+            epochs = _replan(epochs, epoch, first, time.perf_counter() - loop_start, budget_s, steps, scheduler)
+            if epochs != optim["epochs"]:
+                optim["epochs"] = epochs
+                if accelerator.is_main_process:
+                    with atomic_path(run_dir / "config.yaml") as tmp:
+                        tmp.write_text(dump_config(config))
         if accelerator.is_main_process:
             extra = {"epoch": epoch, "val_dice": val_dice}
             if improved:
@@ -510,18 +529,26 @@ def train(
             core.save_pretrained(run_dir / "last", extra=extra)
             _save_state(run_dir, core, optimizer, scheduler, state)
             _write_history(run_dir, state["history"])
-        used = time.perf_counter() - loop_start
-        if budget_s and epoch < epochs and used + row["seconds"] > 1.15 * budget_s:
-            log.info(
-                "stopping after epoch %d of %d: the machine ran slower than measured, and another epoch "
-                "would pass the %.0f-minute budget by more than 15%%",
-                epoch,
-                epochs,
-                budget_s / 60,
-            )
-            break
     log.info("done: best validation Dice %.4f; model in %s", state["best"], run_dir / "best")
     return run_dir
+
+
+def _replan(epochs: int, epoch: int, first: int, used: float, budget_s: float, steps: int, scheduler) -> int:
+    """Fit the epoch count to the time budget at the speed seen so far (the machine may be busier or freer than
+    when the first steps were timed); the cosine schedule is stretched or shrunk to end with the last epoch."""
+    per_epoch = used / (epoch - first + 1)
+    fit = max(epoch, min(200, epoch + int((budget_s - used) // per_epoch)))
+    if fit != epochs:
+        log.info(
+            "re-planned: %d epochs fit the %.0f-minute budget at %.0f s per epoch (was %d)",
+            fit,
+            budget_s / 60,
+            per_epoch,
+            epochs,
+        )
+        scheduler.lr_lambdas[0].total_steps = fit * steps
+        return fit
+    return epochs
 
 
 def _save_state(run_dir: Path, model: SamSP, optimizer, scheduler, state: dict) -> None:
