@@ -9,6 +9,7 @@ sections of BENCHMARKS.md, with curves as PNG, and every row's run folder (confi
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import random
@@ -30,6 +31,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 METRICS = ("mDice", "mIoU", "s_measure", "wf_measure", "mean_em", "mae")
+
+ZERO_SHOT = (("none", "no prompt"), ("full_box", "whole-image box"), ("gt_box", "ground-truth box (oracle)"))
 
 ROWS = {  # name -> train overrides
     "fine-tuned, one no-prompt pass (SAMed-style LoRA)": ["model.self_prompt=false"],
@@ -54,10 +57,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-accuracy"))
     parser.add_argument("--rows", nargs="*", help="subset of row names (default: all)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the tables from --out, run nothing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
     out = Path(args.out)
+    if args.report_only:
+        report(out, args, None)
+        return
     kvasir = SHARED / "kvasir-seg"
     pairs = find_pairs(kvasir)
     train_ids, test_ids = pranet_split("kvasir-seg")
@@ -77,8 +84,8 @@ def main() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer encodes; measured to change no Dice
         feats = {name: prefix_features(probe, data) for name, data in tests.items()}
 
-    def score(model: SamSP, prompt: str = "none", iterations: int | None = None, tag: str = "", only=None) -> dict:
-        res = {}
+    def score(model: SamSP, prompt: str = "none", iterations: int | None = None, tag: str = "", only=None) -> None:
+        """Evaluate on each test set; the summaries land in out/eval/{tag}-{test}/ for `report`."""
         for name, data in tests.items():
             if only and name not in only:
                 continue
@@ -87,21 +94,13 @@ def main() -> None:
                 probs = predict_set(
                     model, data, prompt, feats[name] if reuse else None, shared if reuse else 0, iterations=iterations
                 )
-            res[name] = evaluate(model, data, out / "eval" / f"{tag}-{name.split()[0]}", tag, probs=probs)
-        return res
+            evaluate(model, data, out / "eval" / f"{tag}-{name.split()[0]}", tag, probs=probs)
 
-    results: dict[str, dict] = {}
-    for prompt, label in (
-        ("none", "no prompt"),
-        ("full_box", "whole-image box"),
-        ("gt_box", "ground-truth box (oracle, reads the label)"),
-    ):
-        results[f"zero-shot LiteMedSAM, {label}"] = score(zero, prompt, tag=f"zeroshot-{prompt}")
-    train_minutes = {}
+    for prompt, _ in ZERO_SHOT:
+        score(zero, prompt, tag=f"zeroshot-{prompt}")
     for i, (name, extra) in enumerate(ROWS.items()):
         if args.rows and name not in args.rows:
             continue
-        t0 = time.perf_counter()
         run = train(
             data=str(kvasir),
             out=out / f"row{i}",
@@ -112,50 +111,73 @@ def main() -> None:
                 *extra,
             ],
         )
-        train_minutes[name] = (time.perf_counter() - t0) / 60
         model = SamSP.from_pretrained(run)
-        results[name] = score(model, tag=f"row{i}")
+        score(model, tag=f"row{i}")
         if name == "SAM-SP":
-            curve = {k: score(model, iterations=k, tag=f"iters{k}", only=["Kvasir"]) for k in range(5)}
-    (out / "results.json").write_text(json.dumps({"results": results, "train_minutes": train_minutes}, indent=2))
+            for k in range(5):
+                score(model, iterations=k, tag=f"iters{k}", only=["Kvasir"])
+    report(out, args, (time.perf_counter() - started) / 60)
 
-    header = [
-        "row",
-        *(f"Kvasir {m}" for m in METRICS[:2]),
-        "Kvasir S / wF / mE / MAE",
-        *(f"CVC {m}" for m in METRICS[:2]),
-    ]
-    rows = []
-    for name, res in results.items():
-        k, c = metric_row(res["Kvasir"]), metric_row(res["CVC-ClinicDB (unseen)"])
+
+def _summary(out: Path, tag: str, test: str) -> dict | None:
+    path = out / "eval" / f"{tag}-{test}" / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _train_minutes(run: Path) -> float | None:
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return None
+    with path.open() as handle:
+        return sum(float(r["seconds"]) for r in csv.DictReader(handle)) / 60
+
+
+def report(out: Path, args: argparse.Namespace, total_minutes: float | None) -> None:
+    """Build the tables from the summaries on disk, so a partial or earlier run can be reported again."""
+    named = [(f"zero-shot LiteMedSAM, {label}", f"zeroshot-{p}") for p, label in ZERO_SHOT]
+    named += [(name, f"row{i}") for i, name in enumerate(ROWS)]
+    header = ["row", "Kvasir mDice", "Kvasir mIoU", "Kvasir S / wF / mE / MAE", "CVC mDice", "CVC mIoU"]
+    rows, minutes, missing = [], [], []
+    for name, tag in named:
+        k, c = _summary(out, tag, "Kvasir"), _summary(out, tag, "CVC-ClinicDB")
+        if k is None or c is None:
+            missing.append(name)
+            continue
+        k, c = metric_row(k), metric_row(c)
         rows.append([name, k[0], k[1], " / ".join(f"{v:.3f}" for v in k[2:]), c[0], c[1]])
+        if tag.startswith("row") and (m := _train_minutes(out / tag)) is not None:
+            minutes.append(f"{name}: {m:.1f}")
     rows += [
         ["PraNet (quoted from the literature, not run)", 0.898, "", "", "", ""],
         ["Polyp-PVT (quoted from the literature, not run)", 0.917, "", "", "", ""],
     ]
-    total = (time.perf_counter() - started) / 60
-    accuracy = "\n".join(
-        [
-            "## Accuracy: the paper's comparison (LiteMedSAM backbone, no prompt unless the row says so)",
-            "",
-            f"Training: {args.train_size} seeded PraNet Kvasir training images (+{args.val_size} for validation), "
-            f"{args.epochs} epochs for every fine-tuned row, CPU defaults otherwise (LoRA rank 4 on the last TinyViT "
-            "stage, bf16 on this CPU; evaluation also under bf16 autocast). "
-            "Test: 100 PraNet Kvasir test images; 62 PraNet CVC-ClinicDB test images of the 256x256 "
-            "JPEG copy, never trained on (compare CVC numbers only within this table). "
-            f"Wall time of the whole benchmark: {total:.0f} min.",
-            "",
-            markdown_table(header, rows),
-            "",
-            "Training minutes per row: " + ", ".join(f"{k}: {v:.1f}" for k, v in train_minutes.items()) + ".",
-            f"Per-row run folders (config, split ids, curves) under `{Path(args.out).relative_to(ROOT)}/`.",
-        ]
-    )
-    if "SAM-SP" in results:
-        iters = [[k, r["Kvasir"]["mDice"], r["Kvasir"]["mIoU"]] for k, r in curve.items()]
+    lines = [
+        "## Accuracy: the paper's comparison (LiteMedSAM backbone, no prompt unless the row says so)",
+        "",
+        f"Training: {args.train_size} seeded PraNet Kvasir training images (+{args.val_size} for validation), "
+        f"{args.epochs} epochs for every fine-tuned row, CPU defaults otherwise (LoRA rank 4 on the last TinyViT "
+        "stage, bf16 on this CPU). Evaluation under bf16 autocast too. "
+        "Test: 100 PraNet Kvasir test images; 62 PraNet CVC-ClinicDB test images of the 256x256 "
+        "JPEG copy, never trained on (compare CVC numbers only within this table)."
+        + (f" Wall time of the whole benchmark: {total_minutes:.0f} min." if total_minutes else ""),
+        "",
+        markdown_table(header, rows),
+        "",
+        "Training minutes per row (the machine was shared, so these vary): " + "; ".join(minutes) + ".",
+        f"Per-row run folders (config, split ids, curves) under `{out.relative_to(ROOT)}/`.",
+    ]
+    if missing:
+        lines.append("Not run yet (the benchmark was stopped before them): " + "; ".join(missing) + ".")
+    accuracy = "\n".join(lines)
+    print(accuracy)
+    curve = [(k, _summary(out, f"iters{k}", "Kvasir")) for k in range(5)]
+    curve = [[k, s["mDice"], s["mIoU"]] for k, s in curve if s is not None]
+    if not args.no_write:
+        write_section("accuracy", accuracy)
+    if curve and not args.no_write:
         fig, ax = plt.subplots(figsize=(4.5, 3))
         for col, label in ((1, "mDice"), (2, "mIoU")):
-            ax.plot([r[0] for r in iters], [r[col] for r in iters], marker="o", label=label)
+            ax.plot([r[0] for r in curve], [r[col] for r in curve], marker="o", label=label)
         ax.set_xlabel("self-prompting iterations at inference")
         ax.set_ylabel("Kvasir test")
         ax.legend()
@@ -165,19 +187,15 @@ def main() -> None:
             [
                 "## Ablation: self-prompting iterations at inference (the SAM-SP row's model, trained with 1)",
                 "",
-                markdown_table(["iterations", "Kvasir mDice", "Kvasir mIoU"], iters),
+                markdown_table(["iterations", "Kvasir mDice", "Kvasir mIoU"], curve),
                 "",
                 "![iterations](benchmarks/iterations.png)",
                 "",
                 "Training strategies and alpha are rows of the accuracy table above (same data and epochs).",
             ]
         )
-    print(accuracy)
-    if not args.no_write:
-        write_section("accuracy", accuracy)
-        if "SAM-SP" in results:
-            print(ablation)
-            write_section("ablations", ablation)
+        print(ablation)
+        write_section("ablations", ablation)
 
 
 if __name__ == "__main__":
