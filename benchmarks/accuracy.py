@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -96,11 +97,16 @@ def main() -> None:
                 )
             evaluate(model, data, out / "eval" / f"{tag}-{name.split()[0]}", tag, probs=probs)
 
+    def done(tag: str) -> bool:  # rows already evaluated are kept, so a stopped benchmark resumes
+        return all(_summary(out, tag, t) for t in ("Kvasir", "CVC-ClinicDB"))
+
     for prompt, _ in ZERO_SHOT:
-        score(zero, prompt, tag=f"zeroshot-{prompt}")
+        if not done(f"zeroshot-{prompt}"):
+            score(zero, prompt, tag=f"zeroshot-{prompt}")
     for i, (name, extra) in enumerate(ROWS.items()):
-        if args.rows and name not in args.rows:
+        if (args.rows and name not in args.rows) or done(f"row{i}"):
             continue
+        shutil.rmtree(out / f"row{i}", ignore_errors=True)  # a row stopped mid-training starts again
         run = train(
             data=str(kvasir),
             out=out / f"row{i}",
