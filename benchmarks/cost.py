@@ -108,7 +108,7 @@ def main() -> None:
     torch.manual_seed(0)
     pairs = find_pairs(SHARED / "kvasir-seg")[:8]
     images = [read_pair(p.image, p.mask)[0] for p in pairs]
-    model = SamSP(ModelConfig(strategy="frozen")).eval()
+    model = SamSP(ModelConfig(strategy="frozen")).eval().requires_grad_(False)  # inference only
 
     peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     results = {}
