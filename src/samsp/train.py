@@ -475,7 +475,7 @@ def train(
     single = accelerator.num_processes == 1
     budget_s = float(optim["time_budget_min"]) * 60 if epochs_from_budget and single else None
     loop_start = time.perf_counter()
-    epoch, first = state["epoch"], state["epoch"] + 1
+    epoch = state["epoch"]
     while epoch < epochs:
         epoch += 1
         start = time.perf_counter()
@@ -516,7 +516,8 @@ def train(
             row["seconds"],
         )
         if budget_s:  # before saving, so the saved schedule and config.yaml agree
-            epochs = _replan(epochs, epoch, first, time.perf_counter() - loop_start, budget_s, steps, scheduler)
+            used = time.perf_counter() - loop_start
+            epochs = _replan(epochs, epoch, used, row["seconds"], budget_s, steps, scheduler)
             if epochs != optim["epochs"]:
                 optim["epochs"] = epochs
                 if accelerator.is_main_process:
@@ -533,10 +534,9 @@ def train(
     return run_dir
 
 
-def _replan(epochs: int, epoch: int, first: int, used: float, budget_s: float, steps: int, scheduler) -> int:
-    """Fit the epoch count to the time budget at the speed seen so far (the machine may be busier or freer than
+def _replan(epochs: int, epoch: int, used: float, per_epoch: float, budget_s: float, steps: int, scheduler) -> int:
+    """Fit the epoch count to the time budget at the last epoch's speed (the machine may be busier or freer than
     when the first steps were timed); the cosine schedule is stretched or shrunk to end with the last epoch."""
-    per_epoch = used / (epoch - first + 1)
     fit = max(epoch, min(200, epoch + int((budget_s - used) // per_epoch)))
     if fit != epochs:
         log.info(
