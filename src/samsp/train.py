@@ -116,7 +116,6 @@ def environment(device: torch.device) -> dict:
 
     import accelerate
     import peft
-    import segment_anything  # noqa: F401  (version is in its metadata)
 
     try:
         rev = (
