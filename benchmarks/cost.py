@@ -160,8 +160,7 @@ def main() -> None:
             f"- Model FLOPs per image (encoder + both passes): {flops / 1e9:.1f} GFLOP.",
             f"- Machine matrix-multiply peak measured here: {peak32 / 1e9:.0f} GFLOP/s fp32, "
             f"{peak16 / 1e9:.0f} GFLOP/s bf16. Inference reaches {flops / whole[0] / peak32:.0%} of the fp32 peak and "
-            f"{flops / whole[1] / peak16:.0%} of the bf16 peak (the TinyViT's 64x64 early stages are memory-bound "
-            "convolutions and window attention, not large matrix multiplies).",
+            f"{flops / whole[1] / peak16:.0%} of the bf16 peak (where the rest goes is not yet profiled).",
             f"- Peak resident memory of this benchmark process: {rss_gib:.1f} GiB.",
             "",
             "Images per second through `predict_batch` (preprocessing to postprocessing):",
