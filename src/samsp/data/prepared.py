@@ -7,8 +7,9 @@ seeded per (epoch, sample), so a resumed run sees exactly the samples a straight
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +21,26 @@ from .io import read_pair
 from .pairs import Pair
 from .transforms import Augment
 
+T = TypeVar("T")
+
+
+def decode_all(pairs: Sequence[Pair], load: Callable[[Pair], T], threads: int = 4) -> list[T]:
+    """`load` every pair in a thread pool; if any file is bad, one error lists every bad file (not just the first)."""
+
+    def attempt(pair: Pair) -> T | DataError:
+        try:
+            return load(pair)
+        except DataError as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        loaded = list(pool.map(attempt, pairs))
+    problems = [str(item) for item in loaded if isinstance(item, DataError)]
+    if problems:
+        listing = "\n  ".join(problems)
+        raise SamspError(f"{len(problems)} of {len(pairs)} pairs cannot be used:\n  {listing}")
+    return loaded
+
 
 class PreparedSet:
     """Pairs decoded and resized to the backbone's input size, with an optional seeded augmentation."""
@@ -28,21 +49,12 @@ class PreparedSet:
         self.pairs = list(pairs)
         self.backbone = backbone
         self.augment = augment
-        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            loaded = list(pool.map(self._load, self.pairs))
-        problems = [str(item) for item in loaded if isinstance(item, DataError)]
-        if problems:
-            listing = "\n  ".join(problems)
-            raise SamspError(f"{len(problems)} of {len(self.pairs)} pairs cannot be used:\n  {listing}")
+        loaded = decode_all(self.pairs, self._load, threads)
         self.images = [im for im, _ in loaded]
         self.masks = [m for _, m in loaded]
 
-    def _load(self, pair: Pair) -> tuple[torch.Tensor, torch.Tensor] | DataError:
-        """Decode and resize one pair; a bad file is returned (not raised) so every problem gets listed."""
-        try:
-            image, mask = read_pair(pair.image, pair.mask)
-        except DataError as err:
-            return err
+    def _load(self, pair: Pair) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = read_pair(pair.image, pair.mask)
         size = self.backbone.img_size
         return resize_image(image, size), resize_mask(mask, size)
 
