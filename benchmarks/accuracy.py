@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import matplotlib
-import torch
 from common import ROOT, SHARED, markdown_table, write_section
 
 from samsp import ModelConfig, SamSP
@@ -35,10 +34,11 @@ METRICS = ("mDice", "mIoU", "s_measure", "wf_measure", "mean_em", "mae")
 
 ZERO_SHOT = (("none", "no prompt"), ("full_box", "whole-image box"), ("gt_box", "ground-truth box (oracle)"))
 
-ROWS = {  # name -> train overrides
+ROWS = {  # name -> train overrides; SAM-SP first, so a stopped run has the headline row
+    "SAM-SP": [],
+    "SAM-SP + BCE (weight 1; not in the paper's loss)": ["loss.bce=1.0"],
     "fine-tuned, one no-prompt pass (SAMed-style LoRA)": ["model.self_prompt=false"],
     "SAM-SP without self-distillation": ["loss.distill=false"],
-    "SAM-SP": [],
     "SAM-SP, frozen encoder": ["model.strategy=frozen"],
     "SAM-SP, full fine-tuning of the last stage": ["model.strategy=full", "optim.lr=1e-4"],
     "SAM-SP, alpha = 0.5": ["loss.alpha=0.5"],
@@ -82,8 +82,7 @@ def main() -> None:
         "Kvasir": load_eval_set(select(pairs, test_ids, "PraNet test ids"), probe),
         "CVC-ClinicDB (unseen)": load_eval_set(select(cvc_pairs, pranet_split("cvc")[1], "CVC test ids"), probe),
     }
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the trainer encodes; measured to change no Dice
-        feats = {name: prefix_features(probe, data) for name, data in tests.items()}
+    feats = {name: prefix_features(probe, data) for name, data in tests.items()}  # fp32, as the library predicts
 
     def score(model: SamSP, prompt: str = "none", iterations: int | None = None, tag: str = "", only=None) -> None:
         """Evaluate on each test set; the summaries land in out/eval/{tag}-{test}/ for `report`."""
@@ -91,10 +90,9 @@ def main() -> None:
             if only and name not in only:
                 continue
             reuse = model.prefix_stages >= shared  # its frozen prefix includes the shared one
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                probs = predict_set(
-                    model, data, prompt, feats[name] if reuse else None, shared if reuse else 0, iterations=iterations
-                )
+            probs = predict_set(
+                model, data, prompt, feats[name] if reuse else None, shared if reuse else 0, iterations=iterations
+            )
             evaluate(model, data, out / "eval" / f"{tag}-{name.split()[0]}", tag, probs=probs)
 
     def done(tag: str) -> bool:  # rows already evaluated are kept, so a stopped benchmark resumes
@@ -162,7 +160,7 @@ def report(out: Path, args: argparse.Namespace, total_minutes: float | None) -> 
         "",
         f"Training: {args.train_size} seeded PraNet Kvasir training images (+{args.val_size} for validation), "
         f"{args.epochs} epochs for every fine-tuned row, CPU defaults otherwise (LoRA rank 4 on the last TinyViT "
-        "stage, bf16 on this CPU). Evaluation under bf16 autocast too. "
+        "stage, bf16 on this CPU). Evaluation in fp32, as `samsp evaluate` does. "
         "Test: 100 PraNet Kvasir test images; 62 PraNet CVC-ClinicDB test images of the 256x256 "
         "JPEG copy, never trained on (compare CVC numbers only within this table)."
         + (f" Wall time of the whole benchmark: {total_minutes:.0f} min." if total_minutes else ""),

@@ -52,22 +52,36 @@ def test_a_short_fine_tune_lowers_the_loss_and_predicts_a_mask_of_the_right_size
     data = PreparedSet(train[:2], model.backbone)
     batch = collate([data.item(i) for i in range(2)])
     features = model.encode_prefix(batch["image"])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
     model.train()
     dice = []
-    for _ in range(12):
+    for _ in range(25):
         out = model(features=features, valid_hw=batch["valid_hw"])
         loss, parts = samsp_loss(out.logits, batch["mask"], LossConfig())
         loss.backward()
         opt.step()
         opt.zero_grad()
         dice.append(parts["dice"])
-    assert np.mean(dice[-3:]) < dice[0] - 0.1, dice
+    assert np.mean(dice[-3:]) < dice[0] - 0.5, dice
     image, gt = read_pair(train[0].image, train[0].mask)
     pred = model.eval().predict(image)
     assert pred.mask.shape == gt.shape == image.shape[:2]
     assert pred.mask.any()
     assert image_metrics(pred.probability, gt)["dice"] > 0.3
+
+
+def test_the_trainer_caches_the_features_that_inference_computes(kvasir):
+    """Regression: a freshly built model once ran TinyViT's BatchNorm in training mode while caching the prefix."""
+    from samsp.train import Batches
+
+    train, _ = kvasir
+    model = SamSP(ModelConfig(adapt_stages=1))  # fresh, as the trainer builds it
+    data = PreparedSet(train[:2], model.backbone)
+    cached = Batches(data, model, views=1, seed=0, batch_size=2, device=torch.device("cpu"), dtype=torch.float32)
+    deployed = SamSP(ModelConfig(adapt_stages=1)).eval()
+    with torch.no_grad():
+        expected = deployed.encode_prefix(torch.stack([data.item(i)["image"] for i in range(2)]))
+    assert torch.allclose(torch.stack([f[0] for f in cached.features]), expected, atol=1e-5)
 
 
 def test_a_vit_checkpoint_is_refused_for_litemedsam(tmp_path):

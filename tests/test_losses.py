@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 
 from samsp.losses import LossConfig, bernoulli_kl, samsp_loss, soft_dice_loss
 
@@ -57,3 +58,28 @@ def test_switches_turn_sam_sp_into_the_baselines():
     with_first, parts = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=True, alpha=0.5))
     expected = dice_only + soft_dice_loss(y0, target) + 0.5 * bernoulli_kl(y0, y1)
     assert torch.allclose(with_first, expected) and "dice_pass0" in parts
+
+
+def test_bce_term_corrects_confident_false_positives_that_dice_leaves_alone():
+    target = torch.zeros(1, 8, 8)
+    target[0, :4] = 1
+    logits = torch.full((1, 8, 8), 8.0, requires_grad=True)  # every pixel foreground at p = 0.9997
+    soft_dice_loss(logits, target).backward()
+    dice_grad = logits.grad[0, 4:].abs().max().item()  # on the wrongly confident background half
+    logits.grad = None
+    loss, parts = samsp_loss([logits], target, LossConfig(bce=1.0))
+    loss.backward()
+    assert dice_grad < 1e-4  # Dice's gradient vanishes through the saturated sigmoid
+    assert logits.grad[0, 4:].min().item() > 0.9 / 64  # BCE: (p - y) / pixels on every false positive
+    expected = soft_dice_loss(logits, target) + F.binary_cross_entropy_with_logits(logits, target)
+    assert torch.allclose(loss, expected) and "bce" in parts
+
+
+def test_bce_also_supervises_the_first_pass_when_dice_does():
+    torch.manual_seed(0)
+    target = (torch.rand(1, 8, 8) > 0.5).float()
+    y0, y1 = torch.randn(1, 8, 8), torch.randn(1, 8, 8)
+    loss, _ = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=True, distill=False, bce=0.5))
+    bce = F.binary_cross_entropy_with_logits
+    expected = soft_dice_loss(y1, target) + soft_dice_loss(y0, target) + 0.5 * (bce(y1, target) + bce(y0, target))
+    assert torch.allclose(loss, expected)

@@ -91,6 +91,18 @@ def test_only_the_intended_parameters_train(strategy, adapt, encoder_trains):
     assert model.prefix_stages == expected_prefix
 
 
+@pytest.mark.parametrize(("strategy", "adapt"), [("lora", 1), ("frozen", None), ("full", 1)])
+def test_frozen_encoder_parts_are_in_eval_mode_from_construction(strategy, adapt):
+    from samsp.adapters import base_encoder
+
+    model = tiny(strategy=strategy, adapt_stages=adapt)  # no .train() or .eval() called yet
+    encoder = base_encoder(model.image_encoder)
+    stages = model.backbone.stages(encoder)[: model.prefix_stages]
+    frozen = [stage for _, stage in stages if isinstance(stage, torch.nn.Module)]
+    assert frozen and not any(m.training for stage in frozen for m in stage.modules())
+    assert model.mask_decoder.training  # the parts that learn start in training mode, as nn.Module does
+
+
 def test_a_step_changes_lora_and_decoder_but_not_the_frozen_encoder():
     model = tiny(adapt_stages=1)
     model.train()

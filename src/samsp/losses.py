@@ -1,4 +1,9 @@
-"""The SAM-SP loss: soft Dice on the final pass plus alpha times self-distillation from it to earlier passes."""
+"""The SAM-SP loss: soft Dice on the final pass plus alpha times self-distillation from it to earlier passes.
+
+An optional binary cross-entropy term (`bce`, off by default as in the paper) keeps a gradient on confident
+mistakes: soft Dice's gradient with respect to a logit carries the factor p(1 - p), which vanishes where the
+sigmoid saturates, so a pixel wrongly predicted at p = 0.999 is almost never corrected by Dice alone.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ class LossConfig:
     temperature: float = 1.0
     dice_first_pass: bool = False  # also supervise pass 0, so its box becomes useful sooner
     distill: bool = True
+    bce: float = 0.0  # weight of per-pixel binary cross-entropy on every Dice-supervised pass (0 = the paper's loss)
 
 
 def samsp_loss(passes: list[torch.Tensor], target: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict]:
@@ -47,14 +53,20 @@ def samsp_loss(passes: list[torch.Tensor], target: torch.Tensor, cfg: LossConfig
     dice = soft_dice_loss(passes[-1], target)
     total = dice
     parts = {"dice": float(dice.detach())}
+    supervised = [passes[-1]]
     if len(passes) > 1:
         if cfg.dice_first_pass:
             dice0 = soft_dice_loss(passes[0], target)
             total = total + dice0
             parts["dice_pass0"] = float(dice0.detach())
+            supervised.append(passes[0])
         if cfg.distill and cfg.alpha > 0:
             sd = torch.stack([bernoulli_kl(p, passes[-1], cfg.temperature) for p in passes[:-1]]).mean()
             total = total + cfg.alpha * sd
             parts["distill"] = float(sd.detach())
+    if cfg.bce > 0:
+        bce = torch.stack([F.binary_cross_entropy_with_logits(p.float(), target.float()) for p in supervised]).sum()
+        total = total + cfg.bce * bce
+        parts["bce"] = float(bce.detach())
     parts["loss"] = float(total.detach())
     return total, parts

@@ -112,6 +112,9 @@ class SamSP(nn.Module):
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
         set_trainable(self, config.strategy, self.adapted)
+        # nn.Module starts in training mode; the frozen encoder must not (TinyViT's BatchNorm would normalise
+        # with each batch's statistics, so cached training features would differ from those seen at inference)
+        self.train()
 
     # ----- encoder -----
     @property
