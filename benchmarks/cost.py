@@ -1,24 +1,34 @@
 """Where the time goes: prompt-free inference split by stage, training speed per strategy, FLOPs vs the machine's peak.
 
 All timings in one run (ratios hold on a noisy shared machine). Real Kvasir-SEG images from ../shared/data.
+Per-strategy epochs run `samsp train` in a child process each, so each one's peak memory is its own.
 Writes the "cost" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import os
+import re
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from common import SHARED, markdown_table, write_section
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from samsp import ModelConfig, SamSP
 from samsp.data.io import read_pair
 from samsp.data.pairs import find_pairs
 from samsp.data.prepared import PreparedSet, collate
+from samsp.data.splits import write_split
 from samsp.losses import LossConfig, samsp_loss
 from samsp.preprocess import postprocess, preprocess
 
@@ -100,13 +110,102 @@ def training_speed(strategy: str, adapt: int | None, data: PreparedSet, batch_si
     return batch_size / best_of(step, 1)
 
 
+STRATEGIES = (  # label, model overrides for `samsp train`
+    ("LoRA, last stage (CPU default)", ["model.strategy=lora", "model.adapt_stages=1"]),
+    ("frozen encoder", ["model.strategy=frozen"]),
+    ("full fine-tuning, last stage", ["model.strategy=full", "model.adapt_stages=1"]),
+    ("LoRA, every stage", ["model.strategy=lora", "model.adapt_stages=null"]),
+)
+
+
+def epoch_cost(pairs: list, overrides: list[str], work: Path, epochs: int = 2) -> dict:
+    """Run `samsp train` in a child process; its caching time, last epoch's time and peak resident memory."""
+    n_val = max(2, len(pairs) // 6)
+    write_split(work / "train.txt", pairs[n_val:])
+    write_split(work / "val.txt", pairs[:n_val])
+    cmd = [str(Path(sys.executable).with_name("samsp")), "train", "--data", str(SHARED / "kvasir-seg")]
+    cmd += ["--out", str(work / "run")]
+    for item in (f"data.train_ids={work / 'train.txt'}", f"data.val_ids={work / 'val.txt'}", f"optim.epochs={epochs}"):
+        cmd += ["--set", item]
+    for item in overrides:
+        cmd += ["--set", item]
+    with open(work / "stdout.txt", "w") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    text = (work / "stdout.txt").read_text()
+    if status != 0:
+        raise RuntimeError(f"samsp train failed ({cmd}):\n{text[-2000:]}")
+    with (work / "run" / "metrics.csv").open() as handle:
+        last = list(csv.DictReader(handle))[-1]
+    cached = re.search(r"view\(s\) in (\d+) s", text)
+    return {
+        "train_images": len(pairs) - n_val,
+        "val_images": n_val,
+        "cache_s": float(cached.group(1)) if cached else 0.0,
+        "epoch_s": float(last["seconds"]),
+        "peak_rss_gib": usage.ru_maxrss / 2**20,
+    }
+
+
+def training_step_phases(data: PreparedSet, batch_size: int, repeats: int = 3) -> tuple[dict, list]:
+    """The default CPU training step (LoRA on the last stage, cached prefix, bf16) timed by phase, then profiled."""
+    model = SamSP(ModelConfig(adapt_stages=1))
+    batch = collate([data.item(i) for i in range(batch_size)])
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16)
+    with ctx:
+        features = model.encode_prefix(batch["image"])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    phases: dict[str, list[float]] = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        result = fn()
+        phases.setdefault(name, []).append(time.perf_counter() - start)
+        return result
+
+    def step():
+        with ctx:
+            emb = timed("encoder: adapted stage + neck", lambda: model.run_encoder(features, model.prefix_stages))
+            out = timed("decoder: both passes + box", lambda: model.self_prompt(emb, batch["valid_hw"]))
+            loss, _ = timed("loss", lambda: samsp_loss(out.logits, batch["mask"], LossConfig()))
+        timed("backward", loss.backward)
+        timed("optimizer step", lambda: (opt.step(), opt.zero_grad()))
+
+    step()
+    phases.clear()
+    for _ in range(repeats):
+        step()
+    phase_ms = {k: 1000 * min(v) / batch_size for k, v in phases.items()}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return phase_ms, top_ops(prof)
+
+
+@torch.no_grad()
+def inference_profile(model: SamSP, image: np.ndarray) -> list:
+    model.predict(image)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.predict(image)
+    return top_ops(prof)
+
+
+def top_ops(prof, n: int = 8) -> list:
+    """The operators with the most self time (time not spent in sub-operators), as a share of the total."""
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [[e.key, round(e.self_cpu_time_total / 1000, 1), f"{e.self_cpu_time_total / total:.0%}"] for e in events[:n]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epoch-images", type=int, default=48, help="images per `samsp train` epoch run")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    pairs = find_pairs(SHARED / "kvasir-seg")[:8]
+    all_pairs = find_pairs(SHARED / "kvasir-seg")
+    pairs = all_pairs[:8]
     images = [read_pair(p.image, p.mask)[0] for p in pairs]
     model = SamSP(ModelConfig(strategy="frozen")).eval().requires_grad_(False)  # inference only
 
@@ -114,6 +213,7 @@ def main() -> None:
     results = {}
     for autocast in (False, True):
         results[autocast] = inference_breakdown(model, images, args.repeats, autocast)
+    infer_ops = inference_profile(model, images[0])
     rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
     rows = []
@@ -145,6 +245,25 @@ def main() -> None:
         speeds = [training_speed(strategy, adapt, data, 4, ac) for ac in (False, True)]
         train_rows.append([label, round(speeds[0], 2), round(speeds[1], 2)])
         print(label, speeds)
+    phase_ms, train_ops = training_step_phases(data, 4)
+    phase_rows = [[k, round(v), f"{v / sum(phase_ms.values()):.0%}"] for k, v in phase_ms.items()]
+
+    epoch_rows = []
+    for label, overrides in STRATEGIES:
+        with tempfile.TemporaryDirectory() as work:
+            cost = epoch_cost(all_pairs[8 : 8 + args.epoch_images], overrides, Path(work))
+        per_image = cost["epoch_s"] / (cost["train_images"] + cost["val_images"] / 3)
+        epoch_rows.append(
+            [
+                label,
+                round(cost["cache_s"]),
+                round(cost["epoch_s"]),
+                round(per_image * 900 / 60, 1),
+                round(cost["peak_rss_gib"], 2),
+            ]
+        )
+        print(label, cost)
+    n_train, n_val = cost["train_images"], cost["val_images"]
 
     body = "\n".join(
         [
@@ -160,7 +279,7 @@ def main() -> None:
             f"- Model FLOPs per image (encoder + both passes): {flops / 1e9:.1f} GFLOP.",
             f"- Machine matrix-multiply peak measured here: {peak32 / 1e9:.0f} GFLOP/s fp32, "
             f"{peak16 / 1e9:.0f} GFLOP/s bf16. Inference reaches {flops / whole[0] / peak32:.0%} of the fp32 peak and "
-            f"{flops / whole[1] / peak16:.0%} of the bf16 peak (where the rest goes is not yet profiled).",
+            f"{flops / whole[1] / peak16:.0%} of the bf16 peak. The profile below says where the rest goes.",
             f"- Peak resident memory of this benchmark process: {rss_gib:.1f} GiB.",
             "",
             "Images per second through `predict_batch` (preprocessing to postprocessing):",
@@ -171,6 +290,27 @@ def main() -> None:
             "prefix cached, as the trainer does):",
             "",
             markdown_table(["strategy", "fp32 img/s", "bf16 img/s"], train_rows),
+            "",
+            f"Epochs as a user runs them: `samsp train` in a child process per strategy on {args.epoch_images} "
+            f"Kvasir-SEG images ({n_train} train, {n_val} validation), 2 "
+            "epochs, CPU defaults (bf16 here). Caching is the one-off encoding of the frozen prefix; the epoch time "
+            "(the second epoch, validation included) is scaled to the 900 PraNet training images; peak memory is "
+            "the child's whole resident set (Python, torch, model, data, cache):",
+            "",
+            markdown_table(["strategy", "caching s", "epoch s", "min per 900-image epoch", "peak RSS GiB"], epoch_rows),
+            "",
+            "Where a default training step's time goes (LoRA on the last stage, cached prefix, bf16, batch 4; "
+            "ms per image, best of 3):",
+            "",
+            markdown_table(["phase", "ms per image", "share"], phase_rows),
+            "",
+            "Top operators by self time in that step (torch.profiler, one step of 4 images):",
+            "",
+            markdown_table(["operator", "ms", "share"], train_ops),
+            "",
+            "Top operators by self time in `predict()` of one image in fp32 (torch.profiler):",
+            "",
+            markdown_table(["operator", "ms", "share"], infer_ops),
         ]
     )
     print(body)

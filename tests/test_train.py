@@ -140,3 +140,19 @@ def test_a_time_budget_plans_the_epochs_and_the_run_agrees_with_its_config(datas
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
     assert isinstance(epochs, int) and len(rows) == epochs >= 1
     assert "epochs fit the" in (run / "train.log").read_text()
+
+
+def test_prefix_features_are_reused_across_runs_in_a_process_but_kept_bounded(tmp_path, monkeypatch):
+    from samsp import train as train_module
+
+    monkeypatch.setattr(train_module, "_PREFIX_MEMO", type(train_module._PREFIX_MEMO)())
+    encoded = []
+    real_encode = train_module.Batches._encode
+    monkeypatch.setattr(train_module.Batches, "_encode", lambda self, *a: encoded.append(1) or real_encode(self, *a))
+    sets = [make_dataset(tmp_path / f"d{i}", n=4, seed=i) for i in range(3)]
+    for i, data in enumerate(sets):
+        train(data=str(data), out=tmp_path / f"run{i}", overrides=[*FAST, "optim.epochs=1"])
+    assert len(encoded) == 6  # training and validation set of each dataset
+    assert len(train_module._PREFIX_MEMO) == 2  # only the latest run's two sets are kept
+    train(data=str(sets[-1]), out=tmp_path / "again", overrides=[*FAST, "optim.epochs=1"])
+    assert len(encoded) == 6  # the latest dataset was not encoded again

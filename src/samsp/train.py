@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import asdict
 from pathlib import Path
 
@@ -145,7 +146,10 @@ def environment(device: torch.device) -> dict:
     }
 
 
-_PREFIX_MEMO: dict[tuple, tuple[int, list, list]] = {}
+# The latest training and validation sets' prefix features, so several trainings in one process (a sweep, the
+# accuracy benchmark) encode them once; older entries are dropped so a long sweep's memory stays bounded.
+_PREFIX_MEMO: OrderedDict[tuple, tuple[int, list, list]] = OrderedDict()
+_PREFIX_MEMO_SIZE = 2
 
 
 class Batches:
@@ -190,6 +194,7 @@ class Batches:
         )
         stop = model.prefix_stages
         if key in _PREFIX_MEMO and _PREFIX_MEMO[key][0] <= stop:
+            _PREFIX_MEMO.move_to_end(key)
             start, features, items = _PREFIX_MEMO[key]
             if start < stop:
                 features = [
@@ -199,6 +204,8 @@ class Batches:
             return features, items
         features, items = self._encode(model, views, dtype)
         _PREFIX_MEMO[key] = (stop, features, items)
+        while len(_PREFIX_MEMO) > _PREFIX_MEMO_SIZE:
+            _PREFIX_MEMO.popitem(last=False)
         return features, items
 
     def _encode(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
