@@ -69,6 +69,11 @@ def test_train_evaluate_predict_export(run, dataset, tmp_path, capsys):
     b = np.asarray(Image.open(tmp_path / "pr2" / "masks" / "case_03.png"))
     assert (a == b).mean() > 0.999  # the merged export predicts the same mask
 
+    image = str(dataset / "images" / "case_03.png")
+    assert main(["predict", "--model", str(run), image, "--out", str(tmp_path / "bf"), "--precision", "bf16"]) == 0
+    c = np.asarray(Image.open(tmp_path / "bf" / "masks" / "case_03.png"))
+    assert (a == c).mean() > 0.98  # bf16 autocast changes at most a few boundary pixels
+
 
 def test_evaluate_any_folder_of_predicted_masks(dataset, tmp_path):
     assert (

@@ -199,6 +199,16 @@ def test_predict_returns_original_size_mask_and_box_in_image_pixels():
         model.predict(image.astype(np.float32))
 
 
+def test_bf16_prediction_stays_close_to_fp32_and_a_bad_precision_is_refused():
+    model = tiny().eval()
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    exact, fast = model.predict(image), model.predict(image, precision="bf16")
+    assert fast.probability.dtype == np.float32 and fast.mask.shape == exact.mask.shape
+    assert np.abs(fast.probability - exact.probability).max() < 0.05
+    with pytest.raises(SamspError, match="precision must be one of fp32, bf16"):
+        model.predict(image, precision="fp16")
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(SamspError, match="unknown backbone"):
         ModelConfig(backbone="vit_x")

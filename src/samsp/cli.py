@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
+    e.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: autocast, ~3x faster on a CPU with bf16 units, masks differ at a few boundary pixels",
+    )
     _pairing(e)
 
     r = sub.add_parser("predict", help="segment images with no prompt")
@@ -96,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     r.add_argument("--no-overlay", action="store_true", help="write masks only")
     r.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
+    r.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: autocast, ~3x faster on a CPU with bf16 units, masks differ at a few boundary pixels",
+    )
 
     x = sub.add_parser("export", help="merge LoRA into the encoder and write a standalone model")
     x.add_argument("--model", required=True, help="run folder")
@@ -163,6 +175,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             prompt=args.prompt,
             batch_size=args.batch_size,
             iterations=args.iterations,
+            precision=args.precision,
         )
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'per_image.csv'} and summary.json")
@@ -173,7 +186,9 @@ def _predict(args: argparse.Namespace) -> None:
     from .predict import predict_files
 
     model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
-    rows = predict_files(model, args.inputs, args.out, args.batch_size, not args.no_overlay, args.iterations)
+    rows = predict_files(
+        model, args.inputs, args.out, args.batch_size, not args.no_overlay, args.iterations, args.precision
+    )
     empty = sum(r["fallback"] for r in rows)
     print(
         f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else "")

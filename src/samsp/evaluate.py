@@ -15,7 +15,7 @@ from .data.pairs import Pair
 from .data.prepared import decode_all
 from .errors import SamspError
 from .metrics import image_metrics
-from .model import SamSP
+from .model import SamSP, inference_precision
 from .preprocess import Frame, pad_mask, postprocess, preprocess, resize_mask
 from .prompts import boxes_from_masks, full_boxes
 from .report import write_report
@@ -74,25 +74,28 @@ def predict_set(
     start_stage: int = 0,
     batch_size: int = 4,
     iterations: int | None = None,
+    precision: str = "fp32",
 ) -> list[np.ndarray]:
     """Probability maps at original size. `prompt`: none (SAM-SP), full_box or gt_box (one boxed pass)."""
     if prompt not in PROMPTS:
         raise SamspError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
     model.eval()
     device = model.device
+    autocast = inference_precision(device, precision)
     probs: list[np.ndarray] = []
     for start in tqdm(range(0, len(data.ids), batch_size), desc=f"predicting ({prompt})", leave=False):
         stop = min(start + batch_size, len(data.ids))
-        if features is not None:
-            emb = model.run_encoder(torch.stack(features[start:stop]).to(device, torch.float32), start_stage)
-        else:
-            emb = model.run_encoder(torch.stack(data.inputs[start:stop]).to(device))
-        valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]], device=device)
-        if prompt == "none":
-            logits = model.self_prompt(emb, valid, iterations).logits[-1]
-        else:
-            boxes = full_boxes(valid) if prompt == "full_box" else data.gt_boxes[start:stop].to(device)
-            logits, _ = model.decode(emb, boxes[:, None, :])
+        with autocast:
+            if features is not None:
+                emb = model.run_encoder(torch.stack(features[start:stop]).to(device, torch.float32), start_stage)
+            else:
+                emb = model.run_encoder(torch.stack(data.inputs[start:stop]).to(device))
+            valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]], device=device)
+            if prompt == "none":
+                logits = model.self_prompt(emb, valid, iterations).logits[-1]
+            else:
+                boxes = full_boxes(valid) if prompt == "full_box" else data.gt_boxes[start:stop].to(device)
+                logits, _ = model.decode(emb, boxes[:, None, :])
         for i, frame in enumerate(data.frames[start:stop]):
             probs.append(torch.sigmoid(postprocess(logits[i], frame)).cpu().numpy())
     return probs

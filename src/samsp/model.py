@@ -30,6 +30,7 @@ from .prompts import boxes_from_masks, full_boxes, valid_region
 CONFIG_NAME = "samsp.json"
 WEIGHTS_NAME = "weights.safetensors"
 FALLBACKS = ("no_prompt", "full_box")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -232,15 +233,23 @@ class SamSP(nn.Module):
         return next(self.parameters()).device
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, iterations: int | None = None) -> Prediction:
+    def predict(self, image: np.ndarray, iterations: int | None = None, precision: str = "fp32") -> Prediction:
         """Segment one HxWx3 uint8 RGB image with no prompt; the mask comes back at the image's size."""
-        return self.predict_batch([image], iterations=iterations)[0]
+        return self.predict_batch([image], iterations=iterations, precision=precision)[0]
 
     @torch.no_grad()
     def predict_batch(
-        self, images: list[np.ndarray], batch_size: int = 4, iterations: int | None = None
+        self,
+        images: list[np.ndarray],
+        batch_size: int = 4,
+        iterations: int | None = None,
+        precision: str = "fp32",
     ) -> list[Prediction]:
-        """Segment many images, `batch_size` at a time through the encoder."""
+        """Segment many images, `batch_size` at a time through the encoder.
+
+        `precision="bf16"` runs under bf16 autocast: about 3x faster on a CPU with bf16 units (BENCHMARKS.md),
+        with masks that differ only at a few boundary pixels.
+        """
         was_training = self.training
         self.eval()
         results: list[Prediction] = []
@@ -249,7 +258,8 @@ class SamSP(nn.Module):
             tensors, frames = zip(*(preprocess(_as_rgb(im), self.backbone) for im in chunk), strict=True)
             x = torch.stack(tensors).to(self.device)
             valid = torch.tensor([f.resized_hw for f in frames], device=self.device)
-            out = self(images=x, valid_hw=valid, iterations=iterations)
+            with inference_precision(self.device, precision):
+                out = self(images=x, valid_hw=valid, iterations=iterations)
             results += [_to_prediction(out, i, frames[i], self.config.threshold) for i in range(len(chunk))]
         self.train(was_training)
         return results
@@ -323,6 +333,13 @@ class SamSP(nn.Module):
             raise SamspError(f"{weights}: does not fit a {config.backbone} model built from {meta_path} ({problems})")
         model.load_state_dict(state, strict=full)
         return model.eval()
+
+
+def inference_precision(device: torch.device, precision: str):
+    """The autocast context for a precision name; fp32 runs as it is."""
+    if precision not in PRECISIONS:
+        raise SamspError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def resolve_model_dir(path: Path) -> Path:

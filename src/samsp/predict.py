@@ -43,6 +43,7 @@ def predict_files(
     batch_size: int = 4,
     overlays: bool = True,
     iterations: int | None = None,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Predict every image in `inputs` (files or folders); write masks/, overlays/ and predictions.csv."""
     paths = find_images(inputs)
@@ -59,7 +60,9 @@ def predict_files(
     for start in tqdm(range(0, len(paths), batch_size), desc="predicting", unit="batch"):
         chunk = paths[start : start + batch_size]
         images = [read_image(p) for p in chunk]
-        for path, image, pred in zip(chunk, images, model.predict_batch(images, batch_size, iterations), strict=True):
+        for path, image, pred in zip(
+            chunk, images, model.predict_batch(images, batch_size, iterations, precision), strict=True
+        ):
             _save_png(Image.fromarray((pred.mask * 255).astype(np.uint8)), out_dir / "masks" / f"{path.stem}.png")
             if overlays:
                 _save_png(overlay(image, pred), out_dir / "overlays" / f"{path.stem}.png")
