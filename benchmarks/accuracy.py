@@ -89,14 +89,22 @@ def main() -> None:
     }
     feats = {name: prefix_features(probe, data) for name, data in tests.items()}  # fp32, as the library predicts
 
-    def score(model: SamSP, prompt: str = "none", iterations: int | None = None, tag: str = "", only=None) -> None:
+    def score(
+        model: SamSP, prompt: str = "none", iterations: int | None = None, tag: str = "", only=None, precision="fp32"
+    ) -> None:
         """Evaluate on each test set; the summaries land in out/eval/{tag}-{test}/ for `report`."""
         for name, data in tests.items():
             if only and name not in only:
                 continue
-            reuse = model.prefix_stages >= shared  # its frozen prefix includes the shared one
+            reuse = model.prefix_stages >= shared and precision == "fp32"  # bf16: the whole encoder under autocast
             probs = predict_set(
-                model, data, prompt, feats[name] if reuse else None, shared if reuse else 0, iterations=iterations
+                model,
+                data,
+                prompt,
+                feats[name] if reuse else None,
+                shared if reuse else 0,
+                iterations=iterations,
+                precision=precision,
             )
             evaluate(model, data, out / "eval" / f"{tag}-{name.split()[0]}", tag, probs=probs)
 
@@ -122,6 +130,8 @@ def main() -> None:
         )
         model = SamSP.from_pretrained(run)
         score(model, tag=f"row{i}")
+        if name == "SAM-SP":
+            score(model, tag="bf16", precision="bf16")
         if name == "SAM-SP" and args.section == "accuracy":
             for k in range(5):
                 score(model, iterations=k, tag=f"iters{k}", only=["Kvasir"])
@@ -180,6 +190,13 @@ def report(out: Path, args: argparse.Namespace, total_minutes: float | None) -> 
         "Training minutes per row (the machine was shared, so these vary): " + "; ".join(minutes) + ".",
         f"Per-row run folders (config, split ids, curves) under `{out.relative_to(ROOT)}/`.",
     ]
+    fp32, bf16 = f"row{list(ROWS).index('SAM-SP')}", "bf16"
+    if all(_summary(out, t, d) for t in (fp32, bf16) for d in ("Kvasir", "CVC-ClinicDB")):
+        pairs = [(_summary(out, fp32, d)["mDice"], _summary(out, bf16, d)["mDice"]) for d in ("Kvasir", "CVC-ClinicDB")]
+        lines.append(
+            "The SAM-SP row predicted under bf16 autocast (`--precision bf16`, the whole model): Kvasir mDice "
+            f"{pairs[0][1]:.3f} (fp32 {pairs[0][0]:.3f}), CVC {pairs[1][1]:.3f} (fp32 {pairs[1][0]:.3f})."
+        )
     if missing:
         lines.append("Not run yet (the benchmark was stopped before them): " + "; ".join(missing) + ".")
     accuracy = "\n".join(lines)
