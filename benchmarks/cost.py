@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import re
 import resource
 import subprocess
@@ -66,13 +65,12 @@ def inference_breakdown(model: SamSP, images: list[np.ndarray], repeats: int, au
         t_pass1 = best_of(lambda: model.decode(emb, box), repeats)
         t_sp_total = best_of(lambda: model.self_prompt(emb), repeats)
     t_post = best_of(lambda: postprocess(logits0[0], frame), repeats)
-    with ctx:
-        t_one = best_of(lambda: model.predict(image), repeats)
+    precision = "bf16" if autocast else "fp32"  # predict() sets its own precision
+    t_one = best_of(lambda: model.predict(image, precision=precision), repeats)
     rates = {}
     for batch in (1, 2, 4, 8):
         chunk = (images * 8)[:batch]
-        with ctx:
-            seconds = best_of(lambda chunk=chunk, batch=batch: model.predict_batch(chunk, batch), 1)
+        seconds = best_of(lambda chunk=chunk, batch=batch: model.predict_batch(chunk, batch, precision=precision), 1)
         rates[batch] = batch / seconds
     with FlopCounterMode(display=False) as counter:
         model.self_prompt(model.run_encoder(x))
@@ -131,7 +129,11 @@ def epoch_cost(pairs: list, overrides: list[str], work: Path, epochs: int = 2) -
         cmd += ["--set", item]
     with open(work / "stdout.txt", "w") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
+        peak_kib = 0
+        while child.poll() is None:  # ru_maxrss would carry this process's own peak across fork + exec
+            peak_kib = max(peak_kib, _vm_hwm_kib(child.pid))
+            time.sleep(0.2)
+        status = child.returncode
     text = (work / "stdout.txt").read_text()
     if status != 0:
         raise RuntimeError(f"samsp train failed ({cmd}):\n{text[-2000:]}")
@@ -143,8 +145,19 @@ def epoch_cost(pairs: list, overrides: list[str], work: Path, epochs: int = 2) -
         "val_images": n_val,
         "cache_s": float(cached.group(1)) if cached else 0.0,
         "epoch_s": float(last["seconds"]),
-        "peak_rss_gib": usage.ru_maxrss / 2**20,
+        "peak_rss_gib": peak_kib / 2**20,
     }
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    """The process's peak resident set so far (VmHWM, reset by exec), in KiB; 0 once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def training_step_phases(data: PreparedSet, batch_size: int, repeats: int = 3) -> tuple[dict, list]:
@@ -197,14 +210,46 @@ def top_ops(prof, n: int = 8) -> list:
     return [[e.key, round(e.self_cpu_time_total / 1000, 1), f"{e.self_cpu_time_total / total:.0%}"] for e in events[:n]]
 
 
+def training_memory(pairs: list, no_write: bool) -> None:
+    """Peak resident memory of a whole `samsp train` process per strategy (one epoch, CPU defaults)."""
+    rows = []
+    for label, overrides in STRATEGIES:
+        with tempfile.TemporaryDirectory() as work:
+            cost = epoch_cost(pairs, overrides, Path(work), epochs=1)
+        rows.append([label, round(cost["peak_rss_gib"], 2)])
+        print(label, cost)
+    body = "\n".join(
+        [
+            "## Training memory per strategy (LiteMedSAM, CPU)",
+            "",
+            f"Peak resident memory (VmHWM) of a whole `samsp train` process: {len(pairs)} Kvasir-SEG images, one "
+            "epoch, batch 4, CPU defaults (bf16 here). It includes Python, torch, the model, the decoded images and "
+            "the cached prefix; memory does not depend on the machine's load, so this ran beside other work.",
+            "",
+            markdown_table(["strategy", "peak RSS GiB"], rows),
+        ]
+    )
+    print(body)
+    if not no_write:
+        write_section("training-memory", body)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epoch-images", type=int, default=48, help="images per `samsp train` epoch run")
+    parser.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="only the peak memory of `samsp train` per strategy (independent of machine load)",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     all_pairs = find_pairs(SHARED / "kvasir-seg")
+    if args.memory_only:
+        training_memory(all_pairs[8 : 8 + args.epoch_images], args.no_write)
+        return
     pairs = all_pairs[:8]
     images = [read_pair(p.image, p.mask)[0] for p in pairs]
     model = SamSP(ModelConfig(strategy="frozen")).eval().requires_grad_(False)  # inference only
