@@ -67,7 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     if args.report_only:
         report(out, args, None)
         return
