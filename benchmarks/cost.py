@@ -247,8 +247,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     all_pairs = find_pairs(SHARED / "kvasir-seg")
+    epoch_pairs = all_pairs[8 : 8 + args.epoch_images]  # disjoint from the 8 inference images
     if args.memory_only:
-        training_memory(all_pairs[8 : 8 + args.epoch_images], args.no_write)
+        training_memory(epoch_pairs, args.no_write)
         return
     pairs = all_pairs[:8]
     images = [read_pair(p.image, p.mask)[0] for p in pairs]
@@ -296,7 +297,7 @@ def main() -> None:
     epoch_rows = []
     for label, overrides in STRATEGIES:
         with tempfile.TemporaryDirectory() as work:
-            cost = epoch_cost(all_pairs[8 : 8 + args.epoch_images], overrides, Path(work))
+            cost = epoch_cost(epoch_pairs, overrides, Path(work))
         per_image = cost["epoch_s"] / (cost["train_images"] + cost["val_images"] / 3)
         epoch_rows.append(
             [

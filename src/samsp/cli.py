@@ -20,6 +20,15 @@ def _pairing(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-unpaired", action="store_true", help="leave unpaired images out with a warning")
 
 
+def _precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: autocast, ~3x faster on a CPU with bf16 units, masks differ at a few boundary pixels",
+    )
+
+
 def _data_section(args: argparse.Namespace) -> dict:
     """The pairing options the user gave (defaults apply to the rest)."""
     given = {
@@ -86,12 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     e.add_argument("--batch-size", type=int, default=4)
     e.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
-    e.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16"),
-        help="bf16: autocast, ~3x faster on a CPU with bf16 units, masks differ at a few boundary pixels",
-    )
+    _precision(e)
     _pairing(e)
 
     r = sub.add_parser("predict", help="segment images with no prompt")
@@ -102,12 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     r.add_argument("--no-overlay", action="store_true", help="write masks only")
     r.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
-    r.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16"),
-        help="bf16: autocast, ~3x faster on a CPU with bf16 units, masks differ at a few boundary pixels",
-    )
+    _precision(r)
 
     x = sub.add_parser("export", help="merge LoRA into the encoder and write a standalone model")
     x.add_argument("--model", required=True, help="run folder")
