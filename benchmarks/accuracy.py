@@ -20,12 +20,11 @@ from pathlib import Path
 import matplotlib
 from common import ROOT, SHARED, markdown_table, write_section
 
-from samsp import ModelConfig, SamSP
+from samsp import ModelConfig, SamSP, train
 from samsp.data.named import pranet_split
 from samsp.data.pairs import find_pairs
 from samsp.data.splits import select, write_split
-from samsp.evaluate import evaluate, load_eval_set, predict_set, prefix_features
-from samsp.train import train
+from samsp.evaluation.evaluate import evaluate, load_eval_set, predict_set, prefix_features
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

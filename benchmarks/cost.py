@@ -24,12 +24,13 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from samsp import ModelConfig, SamSP
+from samsp.config import LossConfig
 from samsp.data.io import read_pair
 from samsp.data.pairs import find_pairs
 from samsp.data.prepared import PreparedSet, collate
 from samsp.data.splits import write_split
-from samsp.losses import LossConfig, samsp_loss
-from samsp.preprocess import postprocess, preprocess
+from samsp.inference.preprocess import postprocess, preprocess
+from samsp.modeling.losses import samsp_loss
 
 
 def best_of(fn, repeats: int) -> float:
@@ -63,7 +64,7 @@ def inference_breakdown(model: SamSP, images: list[np.ndarray], repeats: int, au
         logits0, _ = model.decode(emb, None)
         box = torch.tensor([[[40.0, 50.0, 200.0, 180.0]]])
         t_pass1 = best_of(lambda: model.decode(emb, box), repeats)
-        t_sp_total = best_of(lambda: model.self_prompt(emb), repeats)
+        t_sp_total = best_of(lambda: model.decoder_passes(emb), repeats)
     t_post = best_of(lambda: postprocess(logits0[0], frame), repeats)
     precision = "bf16" if autocast else "fp32"  # predict() sets its own precision
     t_one = best_of(lambda: model.predict(image, precision=precision), repeats)
@@ -73,7 +74,7 @@ def inference_breakdown(model: SamSP, images: list[np.ndarray], repeats: int, au
         seconds = best_of(lambda chunk=chunk, batch=batch: model.predict_batch(chunk, batch, precision=precision), 1)
         rates[batch] = batch / seconds
     with FlopCounterMode(display=False) as counter:
-        model.self_prompt(model.run_encoder(x))
+        model.decoder_passes(model.run_encoder(x))
     return {
         "preprocess": t_pre,
         "encoder": t_enc,
@@ -179,7 +180,7 @@ def training_step_phases(data: PreparedSet, batch_size: int, repeats: int = 3) -
     def step():
         with ctx:
             emb = timed("encoder: adapted stage + neck", lambda: model.run_encoder(features, model.prefix_stages))
-            out = timed("decoder: both passes + box", lambda: model.self_prompt(emb, batch["valid_hw"]))
+            out = timed("decoder: both passes + box", lambda: model.decoder_passes(emb, batch["valid_hw"]))
             loss, _ = timed("loss", lambda: samsp_loss(out.logits, batch["mask"], LossConfig()))
         timed("backward", loss.backward)
         timed("optimizer step", lambda: (opt.step(), opt.zero_grad()))

@@ -28,15 +28,13 @@ import torch
 from common import ROOT, SHARED, markdown_table, write_section
 from scipy import ndimage
 
-from samsp import SamSP
+from samsp import SamSP, train
 from samsp.data.named import pranet_split
 from samsp.data.pairs import Pair, find_pairs
 from samsp.data.splits import select, write_split
-from samsp.evaluate import EvalSet, evaluate, load_eval_set, predict_set
-from samsp.metrics import image_metrics
-from samsp.preprocess import postprocess
-from samsp.prompts import boxes_from_masks
-from samsp.train import train
+from samsp.evaluation.evaluate import EvalSet, evaluate, load_eval_set, predict_set
+from samsp.evaluation.metrics import image_metrics
+from samsp.inference.preprocess import postprocess
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -52,6 +50,13 @@ ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, Clin
     ("ASPS (SAM-based, prompt-free)", 0.920, 0.951),
 ]
 TESTS = ("Kvasir", "ClinicDB")
+INFERENCE_LEVERS = {  # settings of a trained model, chosen on validation: name -> predict_set options
+    "as trained (1 self-prompting iteration)": {},
+    "no self-prompting pass (pass 0 only)": {"iterations": 0},
+    "2 self-prompting iterations": {"iterations": 2},
+    "test-time flips": {"flips": True},
+    "test-time flips, 2 iterations": {"flips": True, "iterations": 2},
+}
 
 
 def protocol_pairs(out: Path, val_fraction: float, seed: int, limit: int | None) -> dict[str, list[Pair]]:
@@ -105,7 +110,7 @@ def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dic
         stop = min(start + batch_size, len(data.ids))
         emb = model.run_encoder(torch.stack(data.inputs[start:stop]).to(model.device))
         valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]], device=model.device)
-        out = model.self_prompt(emb, valid)
+        out = model.decoder_passes(emb, valid)
         gt_box = data.gt_boxes[start:stop]
         oracle, _ = model.decode(emb, gt_box[:, None, :].to(model.device))
         pass0 = (out.logits[0] > 0).cpu()
@@ -138,7 +143,7 @@ def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dic
 
 
 def _small_gt(gt: np.ndarray, frame, size: int) -> np.ndarray:
-    from samsp.preprocess import pad_mask, resize_mask
+    from samsp.inference.preprocess import pad_mask, resize_mask
 
     return (pad_mask(resize_mask(gt, size), size) > 0.5).numpy()
 
@@ -185,11 +190,9 @@ def worst_panel(data: EvalSet, rows: list[dict], probs: list[np.ndarray], drawin
     worst = sorted(range(len(rows)), key=lambda k: rows[k]["dice"])[:8]
     fig, axes = plt.subplots(2, 4, figsize=(14, 7))
     for ax, k in zip(axes.flat, worst, strict=False):
-        image = read_image(data.image_paths[k]) if hasattr(data, "image_paths") else None
         frame = drawings[k]["frame"]
         (h, w), (rh, rw) = frame.original_hw, frame.resized_hw
-        if image is not None:
-            ax.imshow(image)
+        ax.imshow(read_image(data.images[k]))
         ax.imshow(np.ma.masked_where(probs[k] <= 0.5, probs[k] > 0.5), cmap="summer", alpha=0.45)
         ax.contour(data.gts[k], levels=[0.5], colors="cyan", linewidths=1)
         for key, color in (("box", "yellow"), ("gt_box", "red")):
@@ -217,11 +220,18 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="train on this many of the training pairs (quick lever sweeps)")
     parser.add_argument("--test", action="store_true", help="also score each row on the two test sets")
     parser.add_argument("--diagnose", help="row whose test error is decomposed (needs --test)")
+    parser.add_argument(
+        "--inference-levers", action="store_true", help="score inference settings of the first row on validation"
+    )
     parser.add_argument("--test-limit", type=int, help="score only this many images of each test set (smoke runs)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the tables from --out, run nothing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     out = Path(args.out).resolve()
+    if args.report_only:
+        report(out, args)
+        return
     split = protocol_pairs(out, args.val_fraction, 0, args.limit)
     for test in TESTS:
         split[test] = split[test][: args.test_limit]
@@ -252,7 +262,6 @@ def main() -> None:
                     continue
                 if test not in evalsets:
                     evalsets[test] = load_eval_set(split[test], model)
-                    evalsets[test].image_paths = [p.image for p in split[test]]
                 data = evalsets[test]
                 if args.diagnose == name and test in TESTS:
                     rows, probs, drawings = diagnose(model, data)
@@ -262,12 +271,28 @@ def main() -> None:
                 else:
                     probs = predict_set(model, data)
                 evaluate(model, data, out / "eval" / tag / test, f"{name} ({test})", probs=probs)
+    if args.inference_levers:
+        tag = f"{slug((args.rows or list(ROWS))[0])}-s{args.seeds[0]}"
+        model = SamSP.from_pretrained(out / tag)
+        data = evalsets.get("val") or load_eval_set(split["val"], model)
+        for lever, options in INFERENCE_LEVERS.items():
+            if not summary(out, tag, f"val-{slug(lever)}"):
+                evaluate(model, data, out / "eval" / tag / f"val-{slug(lever)}", lever, **options)
     report(out, args)
 
 
 def report(out: Path, args: argparse.Namespace) -> None:
     names = args.rows or list(ROWS)
-    header = ["row", "seeds", "val mDice", "Kvasir mDice", "Kvasir mIoU", "ClinicDB mDice", "ClinicDB mIoU", "train min"]
+    header = [
+        "row",
+        "seeds",
+        "val mDice",
+        "Kvasir mDice",
+        "Kvasir mIoU",
+        "ClinicDB mDice",
+        "ClinicDB mIoU",
+        "train min",
+    ]
     table = []
     for name in names:
         tags = [f"{slug(name)}-s{s}" for s in args.seeds]
@@ -301,6 +326,28 @@ def report(out: Path, args: argparse.Namespace) -> None:
         write_section("protocol", body)
     if args.diagnose:
         diagnosis_report(out, args)
+    if args.inference_levers:
+        levers_report(out, args)
+
+
+def levers_report(out: Path, args: argparse.Namespace) -> None:
+    name = (args.rows or list(ROWS))[0]
+    tag = f"{slug(name)}-s{args.seeds[0]}"
+    rows = []
+    for lever in INFERENCE_LEVERS:
+        s = summary(out, tag, f"val-{slug(lever)}")
+        if s:
+            rows.append([lever, s["mDice"], s["mIoU"]])
+    body = "\n".join(
+        [
+            f"## Inference settings of the {name} model, on the validation split (never on test)",
+            "",
+            markdown_table(["setting", "val mDice", "val mIoU"], rows),
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        write_section("protocol-inference", body)
 
 
 def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
@@ -326,10 +373,11 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
         [
             "## Where the prompt-free error is (standard protocol)",
             "",
-            "Per test image: the pass-0 box against the ground-truth box, the final Dice with the model's own box, and "
-            "the Dice when the same fine-tuned decoder is given the ground-truth box. The gap to a perfect score splits "
-            "into what a perfect box would recover (wrong box) and what remains with it (wrong delineation). Panels: "
-            "the eight worst images; cyan = ground truth, green = prediction, yellow = own box, red = ground-truth box.",
+            "Per test image: the pass-0 box against the ground-truth box, the final Dice with the model's own box, "
+            "and the Dice when the same fine-tuned decoder is given the ground-truth box. The gap to a perfect score "
+            "splits into what a perfect box would recover (wrong box) and what remains with it (wrong delineation). "
+            "Panels: the eight worst images; cyan = ground truth, green = prediction, yellow = own box, red = "
+            "ground-truth box.",
             "",
             *parts,
         ]

@@ -14,5 +14,8 @@ def shared_data() -> Path:
     default = Path(__file__).resolve().parents[2] / "shared" / "data"
     path = Path(os.environ.get("SAMSP_SHARED_DATA") or default)
     if not path.is_dir():
-        pytest.skip(f"real data not available: {path} not found; set SAMSP_SHARED_DATA to /work/shared/data")
+        pytest.skip(
+            f"real data not available: {path} not found; put the shared data at ../shared/data beside the "
+            "repository or set SAMSP_SHARED_DATA to the folder holding kvasir-seg/ and cvc-clinicdb-256/"
+        )
     return path

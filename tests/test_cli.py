@@ -122,7 +122,7 @@ def test_check_data_lists_every_problem_and_fails(dataset, tmp_path, capsys):
             "model folder not found",
         ),
         (lambda d, t: tiny_train(d, t / "r", "--set", "optim.lrate=1"), "unknown setting 'optim.lrate'"),
-        (lambda d, t: tiny_train(d, t / "r", "--backbone", "vit_q"), "unknown backbone"),
+        (lambda d, t: tiny_train(d, t / "r", "--backbone", "vit_q"), "setting model.backbone: expected one of"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(dataset, tmp_path, capsys, make_args, expected):
@@ -167,3 +167,25 @@ def test_debug_shows_the_traceback(dataset, tmp_path):
 
     with pytest.raises(SamspError):
         main(["--debug", "predict", "--model", str(tmp_path / "nothing"), str(dataset), "--out", str(tmp_path)])
+
+
+def test_one_set_of_data_options_for_train_evaluate_and_check_data(run, dataset, tmp_path, capsys):
+    rows = ["image,mask"] + [f"images/case_{i:02d}.png,masks/case_{i:02d}.png" for i in range(4)]
+    (dataset / "pairs.csv").write_text("\n".join(rows) + "\n")
+    csv = str(dataset / "pairs.csv")
+    assert main(["check-data", "--csv", csv]) == 0
+    assert "4 pairs checked, 0 problem(s)" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(run), "--csv", csv, "--out", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["n_images"] == 4
+    assert main(["check-data", "--data", str(dataset)]) == 0  # the folder also works as --data
+
+
+def test_a_csv_row_without_a_mask_stops_training_with_one_line(dataset, tmp_path, capsys):
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(
+        f"image,mask\n{dataset}/images/case_00.png,{dataset}/masks/case_00.png\n{dataset}/images/case_01.png,\n"
+    )
+    assert main(["train", "--csv", str(csv), "--out", str(tmp_path / "r"), "--backbone", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"samsp: error: {csv}: line 3: empty mask cell") and "\n" not in err
+    assert not (tmp_path / "r").exists()

@@ -273,3 +273,52 @@ def test_real_cvc_pairs_and_check(shared_data):
     report = check_pairs(test_pairs)
     assert report.ok and report.sizes == {"min_hw": (256, 256), "max_hw": (256, 256)}
     assert report.n_empty_masks == 0
+
+
+def test_gif_ppm_and_webp_masks_pair_as_drive_and_stare_ship_them(tmp_path):
+    root = tmp_path / "drive"
+    for i, ext in enumerate((".gif", ".ppm", ".webp", ".pgm")):
+        _img(root / "images" / f"{i:02d}_test.tif")
+        (root / "masks").mkdir(exist_ok=True)
+        mask = Image.new("L", (8, 6), 0)
+        mask.paste(255, (2, 2, 6, 5))
+        mask.save(root / "masks" / f"{i:02d}_test_mask{ext}", **({"lossless": True} if ext == ".webp" else {}))
+    pairs = find_pairs(root, mask_suffix="_mask")
+    assert [p.mask.suffix for p in pairs] == [".gif", ".ppm", ".webp", ".pgm"]
+    assert check_pairs(pairs).ok
+    from samsp.data import read_mask
+
+    assert all(read_mask(p.mask).sum() == 12 for p in pairs)
+    with pytest.warns(UserWarning, match="3 image"):
+        only_gif = find_pairs(root, mask_suffix="_mask", mask_ext=".gif", on_unpaired="skip")
+    assert [p.mask.name for p in only_gif] == ["00_test_mask.gif"]
+
+
+def test_a_mask_folder_of_an_unread_format_says_so(tmp_path):
+    root = _dataset(tmp_path / "d", ["a.png", "b.png"], [])
+    (root / "masks").mkdir()
+    for n in ("a", "b"):
+        (root / "masks" / f"{n}.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(SamspError) as err:
+        find_pairs(root)
+    assert "holds 2 .npy file(s), a format samsp does not read" in str(err.value)
+
+
+def test_a_multi_frame_file_is_refused_by_name(tmp_path):
+    path = tmp_path / "anim.gif"
+    frames = [Image.new("L", (8, 6), v) for v in (0, 255)]
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    from samsp.data import read_mask
+
+    with pytest.raises(DataError, match=r"anim\.gif: has 2 frames"):
+        read_mask(path)
+
+
+def test_a_csv_row_without_a_mask_is_an_error_where_masks_are_needed(tmp_path):
+    _img(tmp_path / "a.png")
+    _mask(tmp_path / "a_m.png")
+    _img(tmp_path / "b.png")
+    (tmp_path / "pairs.csv").write_text("image,mask\na.png,a_m.png\nb.png,\n")
+    assert read_csv_pairs(tmp_path / "pairs.csv")[1].mask is None  # unlabelled images are fine to predict
+    with pytest.raises(DataError, match=r"pairs\.csv: line 3: empty mask cell"):
+        read_csv_pairs(tmp_path / "pairs.csv", require_masks=True)

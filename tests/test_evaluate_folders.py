@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from samsp.errors import SamspError
-from samsp.evaluate_folders import evaluate_mask_folders, read_prediction
-from samsp.metrics import METRIC_NAMES, image_metrics
-from samsp.report import format_table, write_report
+from samsp.evaluation.folders import evaluate_mask_folders, read_prediction
+from samsp.evaluation.metrics import METRIC_NAMES, image_metrics
+from samsp.evaluation.report import format_table, write_report
 
 
 def _gt(k: int, shape=(40, 48)) -> np.ndarray:

@@ -5,15 +5,16 @@ import pytest
 import torch
 
 from samsp import ModelConfig, SamSP
-from samsp.backbones import build_sam, get_backbone
+from samsp.config import LossConfig
 from samsp.data.io import read_pair
 from samsp.data.pairs import find_pairs
 from samsp.data.prepared import PreparedSet, collate
 from samsp.data.splits import read_id_list, select
 from samsp.errors import SamspError
-from samsp.evaluate import load_eval_set, predict_set
-from samsp.losses import LossConfig, samsp_loss
-from samsp.metrics import image_metrics
+from samsp.evaluation.evaluate import load_eval_set, predict_set
+from samsp.evaluation.metrics import image_metrics
+from samsp.modeling.backbones import build_sam, get_backbone
+from samsp.modeling.losses import samsp_loss
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_a_short_fine_tune_lowers_the_loss_and_predicts_a_mask_of_the_right_size
 
 def test_the_trainer_caches_the_features_that_inference_computes(kvasir):
     """Regression: a freshly built model once ran TinyViT's BatchNorm in training mode while caching the prefix."""
-    from samsp.train import Batches
+    from samsp.training.batches import Batches
 
     train, _ = kvasir
     model = SamSP(ModelConfig(adapt_stages=1))  # fresh, as the trainer builds it

@@ -1,7 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from samsp.losses import LossConfig, bernoulli_kl, samsp_loss, soft_dice_loss
+from samsp.config import LossConfig
+from samsp.modeling.losses import bernoulli_kl, samsp_loss, soft_dice_loss
 
 
 def test_kl_is_zero_when_the_passes_agree_and_positive_otherwise():

@@ -9,7 +9,7 @@ import py_sod_metrics as sod
 import pytest
 from scipy.spatial.distance import cdist
 
-from samsp.metrics import COUNT_NAMES, METRIC_NAMES, hd95, image_metrics, summarize
+from samsp.evaluation.metrics import COUNT_NAMES, METRIC_NAMES, hd95, image_metrics, summarize
 
 
 def _box(shape, top, left, h, w) -> np.ndarray:

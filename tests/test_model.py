@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from samsp import ModelConfig, SamSP
+from samsp.config import LossConfig
 from samsp.errors import SamspError
-from samsp.losses import LossConfig, samsp_loss
+from samsp.modeling.losses import samsp_loss
 
 
 def tiny(**kw) -> SamSP:
@@ -38,7 +39,7 @@ def test_the_box_comes_from_the_first_pass_and_respects_the_valid_region():
     forced[0, 10:20, 30:60] = 5.0
     forced[0, 100:, 100:] = 5.0  # lies in the padding: must not widen the box
     model.decode = _scripted_decode(model, forced)
-    out = model.self_prompt(torch.zeros(1, 256, 8, 8), valid_hw=torch.tensor([[90, 90]]), iterations=1)
+    out = model.decoder_passes(torch.zeros(1, 256, 8, 8), valid_hw=torch.tensor([[90, 90]]), iterations=1)
     assert out.boxes[0].tolist() == [[30.0, 10.0, 59.0, 19.0]]
 
 
@@ -58,7 +59,7 @@ def test_empty_first_pass_uses_the_configured_fallback(fallback):
     model = tiny(empty_fallback=fallback).eval()
     empty = torch.full((1, 128, 128), -5.0)
     model.decode = _scripted_decode(model, empty)
-    out = model.self_prompt(torch.zeros(1, 256, 8, 8), valid_hw=torch.tensor([[128, 96]]))
+    out = model.decoder_passes(torch.zeros(1, 256, 8, 8), valid_hw=torch.tensor([[128, 96]]))
     assert out.fallback.tolist() == [True]
     if fallback == "no_prompt":
         assert torch.equal(out.logits[1], out.logits[0])  # y1 = y0
@@ -93,7 +94,7 @@ def test_only_the_intended_parameters_train(strategy, adapt, encoder_trains):
 
 @pytest.mark.parametrize(("strategy", "adapt"), [("lora", 1), ("frozen", None), ("full", 1)])
 def test_frozen_encoder_parts_are_in_eval_mode_from_construction(strategy, adapt):
-    from samsp.adapters import base_encoder
+    from samsp.modeling.lora import base_encoder
 
     model = tiny(strategy=strategy, adapt_stages=adapt)  # no .train() or .eval() called yet
     encoder = base_encoder(model.image_encoder)
@@ -210,7 +211,7 @@ def test_bf16_prediction_stays_close_to_fp32_and_a_bad_precision_is_refused():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(SamspError, match="unknown backbone"):
+    with pytest.raises(SamspError, match="model.backbone"):
         ModelConfig(backbone="vit_x")
     with pytest.raises(SamspError, match="empty_fallback"):
         ModelConfig(backbone="tiny", empty_fallback="guess")

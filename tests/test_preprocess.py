@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from samsp.backbones import get_backbone
-from samsp.preprocess import postprocess, preprocess, resize_mask, resized_shape
+from samsp.inference.preprocess import postprocess, preprocess, resize_mask, resized_shape
+from samsp.modeling.backbones import get_backbone
 
 
 @pytest.mark.parametrize("hw", [(530, 622), (1072, 1920), (352, 332), (37, 500), (256, 256), (1, 1)])

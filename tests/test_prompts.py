@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from samsp.prompts import boxes_from_masks, full_boxes, valid_region
+from samsp.modeling.prompts import boxes_from_masks, full_boxes, valid_region
 
 
 def test_one_blob_box_is_min_max_in_pixel_coordinates():

@@ -7,9 +7,8 @@ import torch
 from helpers import make_dataset
 from safetensors.torch import load_file
 
-from samsp import SamSP
+from samsp import SamSP, train
 from samsp.errors import SamspError
-from samsp.train import train
 
 FAST = [
     "model.backbone=tiny",
@@ -64,21 +63,18 @@ def test_two_identical_runs_give_identical_weights(dataset, tmp_path):
 
 def test_resume_after_an_interrupted_run_matches_a_straight_run(dataset, tmp_path, monkeypatch):
     straight = train(data=str(dataset), out=tmp_path / "straight", overrides=[*FAST, "optim.epochs=3"])
-    import samsp.train as trainer
+    from samsp import Trainer
 
-    real_save = trainer._save_state
-    calls = {"n": 0}
+    real_save = Trainer.save_checkpoint
 
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise KeyboardInterrupt  # killed right after epoch 1 was saved
+    def save_then_die(self, improved):
+        real_save(self, improved)
+        raise KeyboardInterrupt  # killed right after epoch 1 was saved
 
-    monkeypatch.setattr(trainer, "_save_state", save_then_die)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train(data=str(dataset), out=tmp_path / "cut", overrides=[*FAST, "optim.epochs=3"])
-    monkeypatch.setattr(trainer, "_save_state", real_save)
+    monkeypatch.setattr(Trainer, "save_checkpoint", real_save)
     resumed = train(resume=tmp_path / "cut")
     a = load_file(str(straight / "last" / "weights.safetensors"))
     b = load_file(str(resumed / "last" / "weights.safetensors"))
@@ -107,11 +103,11 @@ def test_numbers_in_scientific_notation_and_bare_no_are_read_as_meant(tmp_path):
 
     (tmp_path / "c.yaml").write_text("optim:\n  lr: 1e-4\nruntime:\n  mixed_precision: no\n")
     config = load_config(tmp_path / "c.yaml", ["loss.alpha=5e-1"])
-    assert config["optim"]["lr"] == pytest.approx(1e-4) and config["loss"]["alpha"] == pytest.approx(0.5)
-    from samsp.train import resolve_auto
+    assert config.optim.lr == pytest.approx(1e-4) and config.loss.alpha == pytest.approx(0.5)
+    from samsp.training.hardware import resolve_auto
 
-    resolve_auto(config, torch.device("cpu"))
-    assert config["runtime"]["mixed_precision"] == "no"
+    resolved, _ = resolve_auto(config, torch.device("cpu"))
+    assert resolved.runtime.mixed_precision == "no"
 
 
 def test_augmented_batches_are_the_same_with_or_without_loader_workers(dataset, tmp_path):
@@ -143,16 +139,49 @@ def test_a_time_budget_plans_the_epochs_and_the_run_agrees_with_its_config(datas
 
 
 def test_prefix_features_are_reused_across_runs_in_a_process_but_kept_bounded(tmp_path, monkeypatch):
-    from samsp import train as train_module
+    from samsp.training import batches as batches_module
 
-    monkeypatch.setattr(train_module, "_PREFIX_MEMO", type(train_module._PREFIX_MEMO)())
+    monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())
     encoded = []
-    real_encode = train_module.Batches._encode
-    monkeypatch.setattr(train_module.Batches, "_encode", lambda self, *a: encoded.append(1) or real_encode(self, *a))
+    real_encode = batches_module.Batches._encode
+    monkeypatch.setattr(batches_module.Batches, "_encode", lambda self, *a: encoded.append(1) or real_encode(self, *a))
     sets = [make_dataset(tmp_path / f"d{i}", n=4, seed=i) for i in range(3)]
     for i, data in enumerate(sets):
         train(data=str(data), out=tmp_path / f"run{i}", overrides=[*FAST, "optim.epochs=1"])
     assert len(encoded) == 6  # training and validation set of each dataset
-    assert len(train_module._PREFIX_MEMO) == 2  # only the latest run's two sets are kept
+    assert len(batches_module._PREFIX_MEMO) == 2  # only the latest run's two sets are kept
     train(data=str(sets[-1]), out=tmp_path / "again", overrides=[*FAST, "optim.epochs=1"])
     assert len(encoded) == 6  # the latest dataset was not encoded again
+
+
+def test_run_files_are_written_through_the_atomic_writer(dataset, tmp_path, monkeypatch):
+    import os
+
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda src, dst: replaced.append(os.path.basename(dst)) or real_replace(src, dst)
+    )
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1"])
+    for name in ("config.yaml", "environment.json", "train.txt", "val.txt", "metrics.csv", "weights.safetensors"):
+        assert name in replaced, name
+    assert not list(run.rglob("*.tmp-*"))
+
+
+def test_the_pranet_config_trains_on_pranet_training_ids_only(shared_data, tmp_path):
+    from pathlib import Path
+
+    from samsp.data import pranet_split
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "kvasir_pranet.yaml"
+    run = train(
+        data=str(shared_data / "kvasir-seg"),
+        out=tmp_path / "pranet",
+        config_path=config,
+        overrides=[*FAST, "optim.epochs=1", "data.limit=8", "data.val_fraction=0.02"],
+    )
+    train_ids, test_ids = pranet_split("kvasir-seg")
+    used = set((run / "splits" / "train.txt").read_text().split()) | set(
+        (run / "splits" / "val.txt").read_text().split()
+    )
+    assert used and used <= set(train_ids) and not used & set(test_ids)

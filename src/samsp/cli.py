@@ -8,11 +8,17 @@ import sys
 import warnings
 from pathlib import Path
 
+from .config import Precision
 from .errors import SamspError
 
+PRECISIONS = Precision.__args__
 
-def _pairing(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("pairing images with masks")
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    """The data options train, evaluate and check-data share."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", help="folder with images/ and masks/, or a dataset name (kvasir-seg, isic2018)")
+    g.add_argument("--csv", help="CSV of image,mask paths (relative to --data, else to the CSV's folder)")
     g.add_argument("--images-dir", help="image subfolder (default: images)")
     g.add_argument("--masks-dir", help="mask subfolder (default: masks)")
     g.add_argument("--mask-suffix", default="", help="mask name = image stem + suffix, e.g. _segmentation")
@@ -20,34 +26,50 @@ def _pairing(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-unpaired", action="store_true", help="leave unpaired images out with a warning")
 
 
-def _precision(parser: argparse.ArgumentParser) -> None:
+def _inference_options(parser: argparse.ArgumentParser) -> None:
+    """The prediction options evaluate and predict share (they mean what samsp.Predictor's arguments mean)."""
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=("fp32", "bf16"),
+        choices=PRECISIONS,
         help="bf16: autocast, ~3x faster on a CPU with bf16 units, masks differ at a few boundary pixels",
     )
+    parser.add_argument("--flips", action="store_true", help="average with the flipped images (test-time flips)")
+    parser.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
 
 
-def _data_section(args: argparse.Namespace) -> dict:
-    """The pairing options the user gave (defaults apply to the rest)."""
+def _data_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The data settings the user gave, as `data.` keys (defaults apply to the rest)."""
     given = {
+        "path": args.data,
+        "csv": args.csv,
         "images_dir": args.images_dir,
         "masks_dir": args.masks_dir,
         "mask_suffix": args.mask_suffix or None,
         "mask_ext": args.mask_ext,
         "on_unpaired": "skip" if args.skip_unpaired else None,
     }
-    return {"path": args.data, **{k: v for k, v in given.items() if v is not None}}
+    return {k: v for k, v in given.items() if v is not None}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="samsp", description="SAM that segments with no prompt (SAM-SP).")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
+def _data_config(args: argparse.Namespace):
+    from .config import DataConfig
 
+    return DataConfig(**_data_settings(args))
+
+
+def _predictor(args: argparse.Namespace):
+    from .inference.predictor import Predictor
+    from .modeling.sam_sp import SamSP
+
+    model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
+    return Predictor(model, args.precision, args.batch_size, args.iterations, args.flips)
+
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="fine-tune with SAM-SP on an image/mask folder")
-    t.add_argument("--data", help="folder with images/ and masks/, or a dataset name (kvasir-seg, isic2018)")
     t.add_argument("--out", default="runs/samsp", help="run folder (default: runs/samsp)")
     t.add_argument("--config", help="YAML config (see configs/)")
     t.add_argument(
@@ -70,18 +92,24 @@ def _parser() -> argparse.ArgumentParser:
         ("--limit", "data.limit", int),
         ("--train-ids", "data.train_ids", str),
         ("--val-ids", "data.val_ids", str),
-        ("--csv", "data.csv", str),
         ("--device", "runtime.device", str),
         ("--seed", "runtime.seed", int),
     ):
         t.add_argument(flag, dest=key, type=kind, default=None, help=f"sets {key}")
     t.add_argument("--no-self-prompt", action="store_true", help="baseline: one no-prompt pass (SAMed-style)")
     t.add_argument("--no-distill", action="store_true", help="ablation: SAM-SP without self-distillation")
-    _pairing(t)
+    _data_options(t)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samsp", description="SAM that segments with no prompt (SAM-SP).")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _train_parser(sub)
 
     e = sub.add_parser("evaluate", help="prompt-free metrics of a model, or of any folder of predicted masks")
     e.add_argument("--model", help="run or export folder")
-    e.add_argument("--data", help="folder with images/ and masks/")
     e.add_argument("--ids", help="evaluate only the ids listed in this file (one per line)")
     e.add_argument("--pred", help="folder of predicted masks (instead of --model)")
     e.add_argument("--gt", help="folder of ground-truth masks (with --pred)")
@@ -92,30 +120,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=("none", "full_box", "gt_box"),
         help="none (default): SAM-SP; full_box / gt_box: one boxed pass, for reference rows only",
     )
-    e.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
-    e.add_argument("--batch-size", type=int, default=4)
-    e.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
-    _precision(e)
-    _pairing(e)
+    _inference_options(e)
+    _data_options(e)
 
     r = sub.add_parser("predict", help="segment images with no prompt")
     r.add_argument("--model", required=True, help="run or export folder")
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
-    r.add_argument("--batch-size", type=int, default=4)
-    r.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     r.add_argument("--no-overlay", action="store_true", help="write masks only")
-    r.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
-    _precision(r)
+    _inference_options(r)
 
     x = sub.add_parser("export", help="merge LoRA into the encoder and write a standalone model")
     x.add_argument("--model", required=True, help="run folder")
     x.add_argument("--out", required=True, help="export folder")
 
     c = sub.add_parser("check-data", help="check every image/mask pair without training")
-    c.add_argument("data", help="folder with images/ and masks/")
+    c.add_argument("folder", nargs="?", help="folder with images/ and masks/ (the same as --data)")
     c.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, in-process)")
-    _pairing(c)
+    _data_options(c)
 
     d = sub.add_parser("demo", help="the main job: SAM-SP on Kvasir-SEG vs zero-shot LiteMedSAM (~15 min CPU)")
     d.add_argument("--data", help="Kvasir-SEG folder (default: download it, with a network)")
@@ -127,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .train import train
+    from .training.trainer import train
 
     overrides = list(args.set)
     for key, value in vars(args).items():
@@ -137,57 +159,46 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append("model.self_prompt=false")
     if args.no_distill:
         overrides.append("loss.distill=false")
-    overrides += [f"data.{k}={v}" for k, v in _data_section(args).items() if k != "path"]
+    overrides += [f"data.{k}={v}" for k, v in _data_settings(args).items()]
     if args.resume:
         train(resume=args.resume)
     else:
-        train(data=args.data, out=args.out, config_path=args.config, overrides=overrides)
+        train(out=args.out, config_path=args.config, overrides=overrides)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .report import format_table
+    from .evaluation.report import format_table
 
     if args.pred or args.gt:
         if not (args.pred and args.gt) or args.model:
             raise SamspError("give --pred and --gt together (and no --model) to score a folder of masks")
-        from .evaluate_folders import evaluate_mask_folders
+        from .evaluation.folders import evaluate_mask_folders
 
         summary = evaluate_mask_folders(args.pred, args.gt, args.out, mask_suffix=args.mask_suffix)
     else:
-        if not (args.model and args.data):
-            raise SamspError("give --model RUN_DIR and --data FOLDER (or --pred and --gt)")
+        if not (args.model and (args.data or args.csv)):
+            raise SamspError("give --model RUN_DIR and --data FOLDER or --csv FILE (or --pred and --gt)")
         from .data.sources import all_pairs
         from .data.splits import read_id_list, select
-        from .evaluate import evaluate, load_eval_set
-        from .model import SamSP
+        from .evaluation.evaluate import evaluate
 
-        model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
-        pairs = all_pairs(_data_section(args))
+        predictor = _predictor(args)
+        pairs = all_pairs(_data_config(args))
         if args.ids:
             pairs = select(pairs, read_id_list(args.ids), args.ids)
-        data = load_eval_set(pairs, model)
+        options = {"precision": args.precision, "iterations": args.iterations, "flips": args.flips}
+        title = f"{Path(args.model).name} ({args.prompt})"
         summary = evaluate(
-            model,
-            data,
-            args.out,
-            title=f"{Path(args.model).name} ({args.prompt})",
-            prompt=args.prompt,
-            batch_size=args.batch_size,
-            iterations=args.iterations,
-            precision=args.precision,
+            predictor.model, pairs, args.out, title=title, prompt=args.prompt, batch_size=args.batch_size, **options
         )
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'per_image.csv'} and summary.json")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .model import SamSP
-    from .predict import predict_files
+    from .inference.outputs import predict_files
 
-    model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
-    rows = predict_files(
-        model, args.inputs, args.out, args.batch_size, not args.no_overlay, args.iterations, args.precision
-    )
+    rows = predict_files(_predictor(args), args.inputs, args.out, overlays=not args.no_overlay)
     empty = sum(r["fallback"] for r in rows)
     print(
         f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else "")
@@ -195,7 +206,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export_model
+    from .inference.export import export_model
 
     out, diff = export_model(args.model, args.out)
     print(f"wrote the merged model to {out} (largest probability change from merging: {diff:.2e})")
@@ -205,7 +216,12 @@ def _check(args: argparse.Namespace) -> int:
     from .data.checks import check_pairs
     from .data.sources import all_pairs
 
-    report = check_pairs(all_pairs(_data_section(args)), workers=args.workers)
+    if args.folder and args.data:
+        raise SamspError("give the data folder once: as the argument or as --data")
+    args.data = args.data or args.folder
+    if not (args.data or args.csv):
+        raise SamspError("give a data folder (samsp check-data DATA/) or --csv FILE")
+    report = check_pairs(all_pairs(_data_config(args), labelled=False), workers=args.workers)
     print(report.format())
     return 0 if report.ok else 1
 

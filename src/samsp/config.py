@@ -1,123 +1,322 @@
-"""Training configuration: defaults, a YAML file, and `--set section.key=value` overrides, merged in that order.
+"""Typed configuration: one dataclass per section, the defaults in one place, validated on load.
 
-Values left as "auto" are chosen for the hardware found (see `train.resolve_auto`); the resolved config is
-written into the run folder so a run can be repeated or resumed exactly.
+A training config is the defaults, then a YAML file, then `--set section.key=value` overrides, in that order.
+Every value is checked against its field's type: an unknown key or a wrong type is one `SamspError` line naming
+the key, and an override's text is parsed by the field's type (so a path called `on` stays a path). Values left
+as "auto" are filled for the hardware by `samsp.training.hardware.resolve_auto`, which returns a new, concrete
+config that the run folder records. This module knows nothing of the model or of torch.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import re
-from dataclasses import fields
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .errors import SamspError
-from .losses import LossConfig
-from .model import ModelConfig
+
+BackboneName = Literal["litemedsam", "vit_b", "vit_l", "vit_h", "tiny"]
+Strategy = Literal["lora", "frozen", "full"]
+Fallback = Literal["no_prompt", "full_box"]
+Precision = Literal["fp32", "bf16"]
+Auto = Literal["auto"]
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default for f in fields(cls)}
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a SamSP network; saved beside its weights (samsp.json)."""
+
+    backbone: BackboneName = "litemedsam"
+    checkpoint: str | None = None  # base SAM weights; None = bundled (litemedsam) or the cached official file
+    strategy: Strategy = "lora"  # how the image encoder trains
+    adapt_stages: int | None | Auto = None  # trailing encoder stages that train (None = all); the rest is frozen
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("attn.qkv", "attn.proj")
+    self_prompt: bool = True  # False: one no-prompt pass (the SAMed-style baseline)
+    iterations: int = 1  # self-prompting iterations when training (passes = 1 + iterations)
+    infer_iterations: int | None = None  # at inference; None = same as training
+    empty_fallback: Fallback = "no_prompt"  # empty pass 0: keep the no-prompt prediction, or prompt a full box
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.iterations < 0 or (self.infer_iterations is not None and self.infer_iterations < 0):
+            raise SamspError("model.iterations and model.infer_iterations must be >= 0")
+        if isinstance(self.adapt_stages, int) and self.adapt_stages < 0:
+            raise SamspError(f"model.adapt_stages must be >= 0, null (all) or auto, got {self.adapt_stages}")
+        if not 0 < self.threshold < 1:
+            raise SamspError(f"model.threshold must be between 0 and 1, got {self.threshold}")
+
+    @property
+    def inference_iterations(self) -> int:
+        """Self-prompting passes after pass 0 at inference."""
+        if not self.self_prompt:
+            return 0
+        return self.iterations if self.infer_iterations is None else self.infer_iterations
 
 
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+@dataclass(frozen=True)
+class LossConfig:
+    """The SAM-SP loss: Dice on the last pass plus alpha x self-distillation (see modeling/losses.py)."""
 
-DEFAULTS: dict[str, Any] = {
-    "model": {**_defaults(ModelConfig), "adapt_stages": "auto"},
-    "loss": _defaults(LossConfig),
-    "data": {
-        "path": None,  # folder with images/ and masks/, or a named dataset (kvasir-seg, isic2018)
-        "images_dir": "images",
-        "masks_dir": "masks",
-        "mask_suffix": "",
-        "mask_ext": None,
-        "on_unpaired": "error",  # or "skip": leave unpaired images out with a warning
-        "csv": None,  # CSV of image,mask paths instead of folders
-        "train_ids": None,  # id-list files; without them a seeded random split is made
-        "val_ids": None,
-        "val_fraction": 0.1,
-        "limit": None,  # train on a seeded sample of this many training pairs
-        "augment": True,  # or a dict of probabilities: hflip, vflip, rotate90, affine, color
-        "cache_views": 1,  # augmented views per image kept when the frozen encoder prefix is cached
-    },
-    "optim": {
-        "epochs": "auto",  # GPU: 30; CPU: as many as fit in time_budget_min
-        "time_budget_min": "auto",  # CPU: 30
-        "batch_size": 4,
-        "lr": 3e-4,
-        "weight_decay": 0.01,
-        "warmup": 0.05,  # fraction of all steps with a linear warm-up
-        "schedule": "cosine",  # or "constant"
-        "grad_clip": 1.0,
-    },
-    "runtime": {
-        "seed": 0,
-        "device": "auto",  # cpu, cuda, ... (accelerate handles multi-GPU under `accelerate launch`/torchrun)
-        "mixed_precision": "auto",  # no, bf16, fp16; auto = bf16 on a GPU that has it, else no
-        "cache": "auto",  # cache the frozen encoder prefix; auto = whenever there is a frozen prefix
-        "cache_dtype": "float32",
-        "threads": 4,  # image-decoding threads
-        "workers": "auto",  # data-loader workers for on-the-fly augmentation; auto = 0 on the CPU, 8 on a GPU
-    },
+    alpha: float = 1.0  # weight of self-distillation
+    temperature: float = 1.0
+    dice_first_pass: bool = False  # also supervise pass 0, so its box becomes useful sooner
+    distill: bool = True
+    bce: float = 0.0  # weight of per-pixel binary cross-entropy on every Dice-supervised pass (0 = the paper's loss)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled pairs come from and how training samples are made."""
+
+    path: str | None = None  # folder with images/ and masks/, or a named dataset (kvasir-seg, isic2018)
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    mask_suffix: str = ""
+    mask_ext: str | None = None
+    on_unpaired: Literal["error", "skip"] = "error"  # skip: leave unpaired images out with a warning
+    csv: str | None = None  # CSV of image,mask paths instead of folders
+    train_ids: str | None = None  # id-list file, or pranet:<dataset> for the shipped PraNet training ids
+    val_ids: str | None = None  # without it, val_fraction of the training ids is carved off (seeded)
+    val_fraction: float = 0.1
+    limit: int | None = None  # train on a seeded sample of this many training pairs
+    augment: bool | dict[str, float] = True  # or probabilities: hflip, vflip, rotate90, affine, color
+    cache_views: int = 1  # augmented views per image kept when the frozen encoder prefix is cached
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a linear warm-up and a cosine (or constant) schedule."""
+
+    epochs: int | Auto = "auto"  # GPU: 30; CPU: as many as fit in time_budget_min
+    time_budget_min: float | None | Auto = "auto"  # CPU: 30
+    batch_size: int = 4
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.05  # fraction of all steps with a linear warm-up
+    schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the run executes; none of it changes what the model learns, except the seed."""
+
+    seed: int = 0
+    device: str = "auto"  # cpu, cuda, ... (accelerate handles multi-GPU under `accelerate launch`/torchrun)
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 where it is measured to pay
+    cache: bool | Auto = "auto"  # cache the frozen encoder prefix; auto = whenever there is a frozen prefix
+    cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    threads: int = 4  # image-decoding threads
+    workers: int | Auto = "auto"  # data-loader workers for on-the-fly augmentation; auto = 0 on the CPU, 8 on a GPU
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _train_model_defaults() -> ModelConfig:
+    return ModelConfig(adapt_stages="auto")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole training run's settings, section by section."""
+
+    model: ModelConfig = field(default_factory=_train_model_defaults)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+
+SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(TrainConfig)[f.name] for f in dataclasses.fields(TrainConfig)
 }
 
 
-def merge(base: dict, update: dict, where: str = "") -> dict:
-    """Recursive merge that refuses unknown keys, so a typo in a config is an error, not a silent default."""
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if key not in out:
-            raise SamspError(f"unknown setting '{where}{key}'; known: {', '.join(out)}")
-        if isinstance(out[key], dict) and not (where == "data." and key == "augment"):
-            if not isinstance(value, dict):
-                raise SamspError(f"setting {where}{key} must be a mapping")
-            out[key] = merge(out[key], value, f"{where}{key}.")
+# ----- reading values by type -----
+_TRUE, _FALSE = {"true", "yes", "on"}, {"false", "no", "off"}
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _validate(instance: Any) -> None:
+    """Coerce every field of a section in place (frozen dataclasses) or raise one line naming the key."""
+    section = _SECTION_NAMES.get(type(instance).__name__, type(instance).__name__)
+    hints = typing.get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        value = coerce(getattr(instance, f.name), hints[f.name], f"{section}.{f.name}")
+        object.__setattr__(instance, f.name, value)
+
+
+_SECTION_NAMES = {
+    "ModelConfig": "model",
+    "LossConfig": "loss",
+    "DataConfig": "data",
+    "OptimConfig": "optim",
+    "RuntimeConfig": "runtime",
+}
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """`value` as type `tp` (a str from the command line is parsed by the type); SamspError naming `key` if not."""
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    for option in options:
+        ok, result = _as(value, option)
+        if ok:
+            return result
+    raise SamspError(f"setting {key}: expected {_describe(tp)}, got {value!r}")
+
+
+def _as(value: Any, option: Any) -> tuple[bool, Any]:
+    text = value.strip() if isinstance(value, str) else None
+    origin = typing.get_origin(option)
+    if option is type(None):
+        return (value is None or (text is not None and text.lower() in ("null", "none", "~"))), None
+    if origin is Literal:
+        choices = typing.get_args(option)
+        if value is False and "no" in choices:  # YAML 1.1 reads a bare `no` as false
+            return True, "no"
+        return (text in choices, text) if text is not None else (False, None)
+    if option is bool:
+        if isinstance(value, bool):
+            return True, value
+        return (text.lower() in _TRUE | _FALSE, text.lower() in _TRUE) if text is not None else (False, None)
+    if option is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return True, value
+        return (bool(_INT.fullmatch(text)), int(text) if _INT.fullmatch(text) else None) if text else (False, None)
+    if option is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return True, float(value)
+        try:
+            return (text is not None, float(text)) if text else (False, None)
+        except ValueError:
+            return False, None
+    if option is str:
+        return (text is not None, value)
+    if origin is tuple:
+        items = [v.strip() for v in value.split(",") if v.strip()] if text is not None else value
+        ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
+        return ok, tuple(items) if ok else None
+    if origin is dict:
+        parsed = yaml.safe_load(value) if text is not None else value
+        return isinstance(parsed, dict), parsed
+    raise TypeError(f"no reader for {option}")
+
+
+def _describe(tp: Any) -> str:
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    names = []
+    for option in options:
+        if option is type(None):
+            names.append("null")
+        elif typing.get_origin(option) is Literal:
+            names.append("one of " + ", ".join(typing.get_args(option)))
+        elif typing.get_origin(option) is tuple:
+            names.append("a list of names")
+        elif typing.get_origin(option) is dict:
+            names.append("a mapping")
         else:
-            out[key] = _number(value) if where != "data." else value
+            names.append({bool: "true/false", int: "an integer", float: "a number", str: "text"}[option])
+    return " or ".join(names)
+
+
+# ----- building, merging, writing -----
+def section_from_dict(cls: type, values: dict, where: str) -> Any:
+    """One section from a mapping; unknown keys are refused with the list of known ones."""
+    if not isinstance(values, dict):
+        raise SamspError(f"setting {where}: expected a mapping of settings, got {values!r}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise SamspError(f"unknown setting '{where}.{key}'; known: {', '.join(known)}")
+    return cls(**values)
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """A TrainConfig from nested mappings (missing keys take their defaults)."""
+    if not isinstance(values, dict):
+        raise SamspError("a config must be a mapping of sections (model, loss, data, optim, runtime)")
+    for name in values:
+        if name not in SECTIONS:
+            raise SamspError(f"unknown setting '{name}'; known sections: {', '.join(SECTIONS)}")
+    base = to_dict(TrainConfig())
+    sections = {}
+    for name, cls in SECTIONS.items():
+        given = values.get(name) or {}
+        if not isinstance(given, dict):
+            raise SamspError(f"setting {name}: expected a mapping of settings, got {given!r}")
+        sections[name] = section_from_dict(cls, {**base[name], **given}, name)
+    return TrainConfig(**sections)
+
+
+def to_dict(config: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Nested plain mappings (tuples as lists), as written to config.yaml."""
+    out = {}
+    for name in SECTIONS:
+        section = dataclasses.asdict(getattr(config, name))
+        out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
     return out
 
 
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads `1e-4` as a string; a setting that looks like a number is one."""
-    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)
-    return value
-
-
-def parse_override(text: str) -> dict:
-    """'optim.lr=1e-4' -> {'optim': {'lr': 0.0001}} (values parsed as YAML)."""
-    if "=" not in text:
-        raise SamspError(f"override {text!r} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw)
-    out: dict = {}
-    node = out
+def parse_override(text: str) -> tuple[str, str, str]:
+    """'optim.lr=1e-4' -> ('optim', 'lr', '1e-4'); the value is parsed later by the field's type."""
+    key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    return out
+    if not sep or len(parts) != 2 or not all(parts):
+        raise SamspError(f"override {text!r} must look like section.key=value (e.g. optim.lr=1e-4)")
+    return parts[0], parts[1], raw
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """Defaults, then the YAML file, then each override."""
-    config = copy.deepcopy(DEFAULTS)
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A new config with each `section.key=value` applied in order."""
+    values = to_dict(config)
+    for text in overrides:
+        section, key, raw = parse_override(text)
+        if section not in values:
+            raise SamspError(f"unknown setting '{section}.{key}'; known sections: {', '.join(SECTIONS)}")
+        if key not in values[section]:
+            raise SamspError(f"unknown setting '{section}.{key}'; known: {', '.join(values[section])}")
+        values[section][key] = raw
+    return config_from_dict(values)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file at `path`, then each override."""
+    values: dict = {}
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise SamspError(f"{path}: cannot read config ({err})") from err
-        if not isinstance(data, dict):
-            raise SamspError(f"{path}: a config must be a mapping of sections")
-        config = merge(config, data)
-    for text in overrides or []:
-        config = merge(config, parse_override(text))
-    return config
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise SamspError(f"{path}: cannot read config ({type(err).__name__}: {err})".splitlines()[0]) from err
+        if not isinstance(values, dict):
+            raise SamspError(f"{path}: a config must be a mapping of sections (model, loss, data, optim, runtime)")
+    try:
+        config = config_from_dict(values)
+    except SamspError as err:
+        raise SamspError(f"{path}: {err}" if path is not None else str(err)) from err
+    return apply_overrides(config, overrides or [])
 
 
-def dump_config(config: dict) -> str:
-    return yaml.safe_dump(config, sort_keys=False)
+def dump_config(config: TrainConfig) -> str:
+    """YAML text of a config, sections in order."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -13,14 +13,15 @@ import random
 import time
 from pathlib import Path
 
+from .config import ModelConfig
 from .data.named import pranet_split
-from .data.pairs import find_pairs
+from .data.pairs import Pair, find_pairs
 from .data.sources import dataset_root
 from .data.splits import select, write_split
-from .evaluate import evaluate, load_eval_set, predict_set, prefix_features
-from .io_utils import atomic_path
-from .model import ModelConfig, SamSP
-from .train import train
+from .evaluation.evaluate import evaluate, load_eval_set, predict_set, prefix_features
+from .files import write_text_atomic
+from .modeling.sam_sp import SamSP
+from .training.trainer import train
 
 log = logging.getLogger("samsp")
 
@@ -38,14 +39,7 @@ def run_demo(
     started = time.perf_counter()
     root = dataset_root(data if data is not None else "kvasir-seg")
     out = Path(out)
-    pairs = find_pairs(root)
-    train_ids, test_ids = pranet_split("kvasir-seg")
-    pool = sorted(select(pairs, train_ids, "PraNet train ids"), key=lambda p: p.id)
-    picked = random.Random(seed).sample(pool, min(len(pool), train_size + val_size))
-    write_split(out / "demo_train_ids.txt", sorted(picked[:train_size], key=lambda p: p.id))
-    write_split(out / "demo_val_ids.txt", sorted(picked[train_size:], key=lambda p: p.id))
-    test = select(pairs, test_ids, "PraNet test ids")
-
+    test = demo_split(root, out, train_size, val_size, seed)
     run_dir = train(
         data=str(root),
         out=out / "run",
@@ -57,7 +51,33 @@ def run_demo(
             *(overrides or []),
         ],
     )
-    trained = SamSP.from_pretrained(run_dir)
+    rows = compare(SamSP.from_pretrained(run_dir), test, out / "eval")
+    result = {
+        "train_images": train_size,
+        "val_images": val_size,
+        "test_images": len(test),
+        "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+        "rows": rows,
+        "run": str(run_dir),
+    }
+    write_text_atomic(out / "results.json", json.dumps(result, indent=2))
+    write_text_atomic(out / "results.md", format_rows(result))
+    return result
+
+
+def demo_split(root: Path, out: Path, train_size: int, val_size: int, seed: int) -> list[Pair]:
+    """Write a seeded sample of the PraNet training ids (train and validation id lists); return the test pairs."""
+    pairs = find_pairs(root)
+    train_ids, test_ids = pranet_split("kvasir-seg")
+    pool = sorted(select(pairs, train_ids, "PraNet train ids"), key=lambda p: p.id)
+    picked = random.Random(seed).sample(pool, min(len(pool), train_size + val_size))
+    write_split(out / "demo_train_ids.txt", sorted(picked[:train_size], key=lambda p: p.id))
+    write_split(out / "demo_val_ids.txt", sorted(picked[train_size:], key=lambda p: p.id))
+    return select(pairs, test_ids, "PraNet test ids")
+
+
+def compare(trained: SamSP, test: list[Pair], out: Path) -> list[dict]:
+    """The fine-tuned model with no prompt beside the zero-shot rows; one evaluation folder per row."""
     zero_shot = SamSP(ModelConfig(backbone=trained.config.backbone, strategy="frozen"))
     log.info("evaluating on the %d PraNet test images", len(test))
     data_set = load_eval_set(test, trained)
@@ -71,31 +91,14 @@ def run_demo(
         ("SAM-SP fine-tuned, no prompt", trained, "none"),
     ):
         probs = predict_set(model, data_set, prompt=prompt, features=features, start_stage=shared)
-        summary = evaluate(
-            model,
-            data_set,
-            out / "eval" / name.split(",")[0].replace(" ", "_") / prompt,
-            title=name,
-            probs=probs,
-        )
+        folder = out / name.split(",")[0].replace(" ", "_") / prompt
+        summary = evaluate(model, data_set, folder, title=name, probs=probs)
         rows.append({"row": name, "prompt": prompt, "mDice": summary["mDice"], "mIoU": summary["mIoU"]})
-    minutes_taken = (time.perf_counter() - started) / 60
-    result = {
-        "train_images": train_size,
-        "val_images": val_size,
-        "test_images": len(test),
-        "wall_minutes": round(minutes_taken, 1),
-        "rows": rows,
-        "run": str(run_dir),
-    }
-    with atomic_path(out / "results.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2))
-    with atomic_path(out / "results.md") as tmp:
-        tmp.write_text(format_rows(result))
-    return result
+    return rows
 
 
 def format_rows(result: dict) -> str:
+    """The demo's result as a Markdown table."""
     lines = [
         f"Kvasir-SEG PraNet test ({result['test_images']} images); SAM-SP trained on {result['train_images']} "
         f"PraNet training images; {result['wall_minutes']} min in all",

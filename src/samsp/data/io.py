@@ -33,6 +33,8 @@ def load_pil(path: str | Path) -> Image.Image:
             # decoding. No warnings.catch_warnings here: it is not thread-safe and callers decode in threads.
             if limit is not None and opened.width * opened.height > limit:
                 raise DataError(path, f"{too_large} (it is {opened.width}x{opened.height})")
+            if getattr(opened, "n_frames", 1) > 1:
+                raise DataError(path, f"has {opened.n_frames} frames; save the one image or mask it holds on its own")
             opened.load()
             img = ImageOps.exif_transpose(opened)  # a decoded copy, so the file can close here
     except Image.DecompressionBombError as e:

@@ -6,24 +6,19 @@ download and point at the folder themselves.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
 import tempfile
-import urllib.error
-import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from tqdm import tqdm
-
 from samsp.data.pairs import is_image_file
 from samsp.errors import DataError, SamspError
-from samsp.io_utils import cache_root, sha256_file
+from samsp.files import cache_root, download, sha256_file
 
 _MARKER = ".complete.json"
 
@@ -120,38 +115,25 @@ def pranet_split(name: str) -> tuple[list[str], list[str]]:
 
 def _download(ds: NamedDataset, archive: Archive, folder: Path) -> tuple[Path, str]:
     dest = folder / archive.filename
-    if not dest.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + ".part")
-        try:
-            with urllib.request.urlopen(archive.url, timeout=60) as response, part.open("wb") as out:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=archive.filename, disable=None) as bar:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
-            part.unlink(missing_ok=True)
-            reason = getattr(e, "reason", None) or e
+    hint = (
+        f"Download it yourself from {archive.url}, unzip it, and pass --data PATH/TO/FOLDER (with images/ and masks/)"
+        + (f"; {ds.manual_hint}" if ds.manual_hint else "")
+    )
+    if dest.is_file():
+        digest = sha256_file(dest)
+        if archive.expected_sha256 is not None and digest != archive.expected_sha256.lower():
+            dest.unlink()
             raise SamspError(
-                f"could not download {ds.name} from {archive.url} ({reason}). Download it yourself from "
-                f"{archive.url}, unzip it, and pass --data PATH/TO/FOLDER (with images/ and masks/)"
-                + (f"; {ds.manual_hint}" if ds.manual_hint else "")
-            ) from e
-        os.replace(part, dest)
-    digest = sha256_file(dest)
+                f"{dest}: SHA-256 {digest}, expected {archive.expected_sha256}; the file was deleted. Retry, or {hint}"
+            )
+    else:
+        digest = download(ds.name, archive.url, dest, archive.expected_sha256, hint=hint)
     if archive.expected_sha256 is None:
         dest.with_name(dest.name + ".sha256").write_text(f"{digest}  {dest.name}\n", encoding="utf-8")
         warnings.warn(
             f"{dest.name}: no published SHA-256 is known, so the download could not be verified; "
             f"its SHA-256 is {digest} (recorded next to it)",
             stacklevel=3,
-        )
-    elif digest != archive.expected_sha256.lower():
-        dest.unlink()
-        raise SamspError(
-            f"{archive.url} downloaded with SHA-256 {digest}, expected {archive.expected_sha256}; "
-            "the file was deleted. Retry, or download it yourself and pass --data PATH/TO/FOLDER"
         )
     return dest, digest
 

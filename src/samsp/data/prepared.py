@@ -14,9 +14,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..backbones import Backbone
 from ..errors import DataError, SamspError
-from ..preprocess import normalize_and_pad, pad_mask, resize_image, resize_mask
+from ..inference.preprocess import normalize_and_pad, pad_mask, resize_image, resize_mask
+from ..modeling.backbones import Backbone
 from .io import read_pair
 from .pairs import Pair
 from .transforms import Augment

@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from ..config import DataConfig
 from ..errors import DataError
-from .named import DATASETS, fetch
+from .named import DATASETS, fetch, pranet_split
 from .pairs import Pair, find_pairs
 from .splits import random_split, read_csv_pairs, read_id_list, select
+
+PRANET_PREFIX = "pranet:"
 
 
 def dataset_root(path: str | Path) -> Path:
@@ -24,36 +27,45 @@ def dataset_root(path: str | Path) -> Path:
     return root
 
 
-def all_pairs(data: dict) -> list[Pair]:
-    """Every pair the data section describes."""
-    if data.get("csv"):
-        return read_csv_pairs(data["csv"], root=data.get("path"))
-    if not data.get("path"):
-        raise DataError(Path("."), "no data given: pass --data FOLDER (with images/ and masks/) or a dataset name")
+def all_pairs(data: DataConfig, labelled: bool = True) -> list[Pair]:
+    """Every pair the data section describes; with `labelled`, a CSV row without a mask is an error naming it."""
+    if data.csv:
+        return read_csv_pairs(data.csv, root=data.path, require_masks=labelled)
+    if not data.path:
+        raise DataError(
+            Path("."), "no data given: pass --data FOLDER (with images/ and masks/), a dataset name or --csv"
+        )
     return find_pairs(
-        dataset_root(data["path"]),
-        images_dir=data.get("images_dir", "images"),
-        masks_dir=data.get("masks_dir", "masks"),
-        mask_suffix=data.get("mask_suffix", ""),
-        mask_ext=data.get("mask_ext"),
-        on_unpaired=data.get("on_unpaired", "error"),
+        dataset_root(data.path),
+        images_dir=data.images_dir,
+        masks_dir=data.masks_dir,
+        mask_suffix=data.mask_suffix,
+        mask_ext=data.mask_ext,
+        on_unpaired=data.on_unpaired,
     )
 
 
-def train_val_pairs(data: dict, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Training and validation pairs: id-list files when given, else a seeded random split; then `limit`."""
+def id_list(spec: str) -> list[str]:
+    """The ids of an id-list file, or of a shipped PraNet split named `pranet:<dataset>` (its training ids)."""
+    if spec.startswith(PRANET_PREFIX):
+        return pranet_split(spec.removeprefix(PRANET_PREFIX))[0]
+    return read_id_list(spec)
+
+
+def train_val_pairs(data: DataConfig, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Training and validation pairs: id lists when given (validation carved from the training ids when only those
+    are), else a seeded random split of all pairs; then `limit`."""
     pairs = all_pairs(data)
-    if data.get("train_ids"):
-        train = select(pairs, read_id_list(data["train_ids"]), data["train_ids"])
-        if data.get("val_ids"):
-            val = select(pairs, read_id_list(data["val_ids"]), data["val_ids"])
+    if data.train_ids:
+        train = select(pairs, id_list(data.train_ids), data.train_ids)
+        if data.val_ids:
+            val = select(pairs, id_list(data.val_ids), data.val_ids)
         else:
-            train, val = random_split(train, data.get("val_fraction", 0.1), seed)
+            train, val = random_split(train, data.val_fraction, seed)
     else:
-        train, val = random_split(pairs, data.get("val_fraction", 0.1), seed)
-    limit = data.get("limit")
-    if limit and limit < len(train):
-        train = sorted(random.Random(seed).sample(train, int(limit)), key=lambda p: p.id)
+        train, val = random_split(pairs, data.val_fraction, seed)
+    if data.limit and data.limit < len(train):
+        train = sorted(random.Random(seed).sample(train, int(data.limit)), key=lambda p: p.id)
     if not train:
-        raise DataError(Path(str(data.get("path") or data.get("csv"))), "no training pairs left after the split")
+        raise DataError(Path(str(data.path or data.csv)), "no training pairs left after the split")
     return train, val

@@ -12,7 +12,7 @@ import numpy as np
 
 from samsp.data.pairs import IMAGE_EXTENSIONS, Pair
 from samsp.errors import DataError, SamspError
-from samsp.io_utils import atomic_path
+from samsp.files import atomic_path
 
 
 def read_id_list(path: str | Path) -> list[str]:
@@ -62,11 +62,12 @@ def select(pairs: Sequence[Pair], ids: Sequence[str], source: str | Path) -> lis
     return [by_id[i] for i in ids]
 
 
-def read_csv_pairs(path: str | Path, root: str | Path | None = None) -> list[Pair]:
+def read_csv_pairs(path: str | Path, root: str | Path | None = None, require_masks: bool = False) -> list[Pair]:
     """Read a CSV with header ``image,mask``; relative paths resolve against ``root``, else the CSV's folder.
 
-    The id is the image file stem. An empty mask cell gives an unlabelled pair. All missing files are reported
-    in one error so a user fixes the list in one pass.
+    The id is the image file stem. An empty mask cell gives an unlabelled pair, or with ``require_masks`` (training,
+    evaluation) an error naming the line. All missing files are reported in one error so a user fixes the list in
+    one pass.
     """
     path = Path(path)
     base = Path(root) if root is not None else path.parent
@@ -85,6 +86,10 @@ def read_csv_pairs(path: str | Path, root: str | Path | None = None) -> list[Pai
     for line_no, row in enumerate(rows, start=2):
         if not row["image"]:
             raise DataError(path, f"line {line_no}: empty image cell")
+        if require_masks and not row["mask"]:
+            raise DataError(
+                path, f"line {line_no}: empty mask cell; training and evaluation need a mask for every image"
+            )
         image = base / row["image"]
         mask = base / row["mask"] if row["mask"] else None
         missing.extend(f"line {line_no}: {p}" for p in (image, mask) if p is not None and not p.is_file())

@@ -10,11 +10,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from .data.io import read_image
-from .data.pairs import find_images
-from .errors import SamspError
-from .io_utils import atomic_path
-from .model import Prediction, SamSP
+from ..data.io import read_image
+from ..data.pairs import find_images
+from ..errors import SamspError
+from ..files import atomic_path
+from .predictor import Prediction, Predictor
 
 OVERLAY_COLOR = np.array([0, 255, 0], dtype=np.float32)
 
@@ -31,19 +31,24 @@ def overlay(image: np.ndarray, pred: Prediction) -> Image.Image:
     return picture
 
 
+def summary_row(pred: Prediction) -> dict:
+    """What predictions.csv records of one prediction: score, fallback, foreground fraction, box (original pixels)."""
+    box = [round(float(v), 1) for v in pred.box] if pred.box is not None else ["", "", "", ""]
+    return {
+        "score": round(pred.score, 4),
+        "fallback": pred.fallback,
+        "foreground": round(float(pred.mask.mean()), 5),
+        **{f"box_{k}": v for k, v in zip(("x0", "y0", "x1", "y1"), box, strict=True)},
+    }
+
+
 def _save_png(picture: Image.Image, path: Path) -> None:
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
 
 
 def predict_files(
-    model: SamSP,
-    inputs: list[str | Path],
-    out_dir: str | Path,
-    batch_size: int = 4,
-    overlays: bool = True,
-    iterations: int | None = None,
-    precision: str = "fp32",
+    predictor: Predictor, inputs: list[str | Path], out_dir: str | Path, overlays: bool = True
 ) -> list[dict]:
     """Predict every image in `inputs` (files or folders); write masks/, overlays/ and predictions.csv."""
     paths = find_images(inputs)
@@ -57,31 +62,22 @@ def predict_files(
         )
     out_dir = Path(out_dir)
     rows = []
+    batch_size = predictor.batch_size
     for start in tqdm(range(0, len(paths), batch_size), desc="predicting", unit="batch"):
         chunk = paths[start : start + batch_size]
         images = [read_image(p) for p in chunk]
-        for path, image, pred in zip(
-            chunk, images, model.predict_batch(images, batch_size, iterations, precision), strict=True
-        ):
+        for path, image, pred in zip(chunk, images, predictor.predict_batch(images), strict=True):
             _save_png(Image.fromarray((pred.mask * 255).astype(np.uint8)), out_dir / "masks" / f"{path.stem}.png")
             if overlays:
                 _save_png(overlay(image, pred), out_dir / "overlays" / f"{path.stem}.png")
-            box = [round(float(v), 1) for v in pred.box] if pred.box is not None else ["", "", "", ""]
-            rows.append(
-                {
-                    "image": str(path),
-                    "mask": f"masks/{path.stem}.png",
-                    "score": round(pred.score, 4),
-                    "fallback": pred.fallback,
-                    "foreground": round(float(pred.mask.mean()), 5),
-                    "box_x0": box[0],
-                    "box_y0": box[1],
-                    "box_x1": box[2],
-                    "box_y1": box[3],
-                }
-            )
-    with atomic_path(out_dir / "predictions.csv") as tmp, tmp.open("w", newline="") as handle:
+            rows.append({"image": str(path), "mask": f"masks/{path.stem}.png", **summary_row(pred)})
+    write_rows_csv(out_dir / "predictions.csv", rows)
+    return rows
+
+
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    """A CSV with one row per dict (the first row's keys as header), replaced atomically."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return rows

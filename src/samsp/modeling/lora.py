@@ -1,15 +1,17 @@
-"""Which encoder weights train, and how: LoRA through peft, full fine-tuning, or none; and the merge for deployment."""
+"""LoRA on the image encoder (peft), which encoder weights train (LoRA, full, frozen), and the merge for export."""
 
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Sequence
 
 from torch import nn
 
-from .errors import SamspError
+from ..config import Strategy
+from ..errors import SamspError
 
-STRATEGIES = ("lora", "frozen", "full")
+STRATEGIES = typing.get_args(Strategy)
 
 
 def adapted_stage_names(stage_names: Sequence[str], adapt_stages: int | None) -> list[str]:
@@ -61,6 +63,7 @@ def base_encoder(encoder: nn.Module) -> nn.Module:
 
 
 def is_peft(module: nn.Module) -> bool:
+    """True for a module wrapped by peft."""
     return hasattr(module, "merge_and_unload") and hasattr(module, "get_base_model")
 
 

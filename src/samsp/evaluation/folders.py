@@ -12,8 +12,8 @@ from PIL import Image
 from samsp.data.io import load_pil, read_mask
 from samsp.data.pairs import find_images
 from samsp.errors import DataError, SamspError
-from samsp.metrics import image_metrics
-from samsp.report import write_report
+from samsp.evaluation.metrics import image_metrics
+from samsp.evaluation.report import write_report
 
 
 def read_prediction(path: str | Path) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone
+from ..modeling.backbones import Backbone
 
 PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 PIXEL_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
@@ -66,6 +66,7 @@ def normalize_and_pad(resized: torch.Tensor, backbone: Backbone) -> torch.Tensor
 
 
 def pad_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """h'xw' mask -> SxS float, zero-padded bottom/right like the image."""
     return F.pad(mask.float(), (0, size - mask.shape[1], 0, size - mask.shape[0]))
 
 

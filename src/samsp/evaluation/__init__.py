@@ -1,0 +1,1 @@
+"""Scoring: per-image metrics, evaluating a model on labelled pairs, scoring folders of masks, reports."""

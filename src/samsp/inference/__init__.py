@@ -1,0 +1,1 @@
+"""Prediction with no prompt: pre/post-processing, the one batched predictor, file outputs, export."""

@@ -1,0 +1,114 @@
+"""Saving and loading: a mixin that gives the network `save_pretrained` / `from_pretrained`, and nothing else.
+
+A model folder holds `samsp.json` (the ModelConfig and provenance) and `weights.safetensors`: only the trained
+tensors (LoRA, prompt encoder, mask decoder; the base weights come from the backbone's checkpoint) or, for an
+export, every weight. Weights are only ever read from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .. import __version__
+from ..config import ModelConfig
+from ..errors import SamspError
+from ..files import atomic_path, write_text_atomic
+from .backbones import key_problems
+
+CONFIG_NAME = "samsp.json"
+WEIGHTS_NAME = "weights.safetensors"
+
+
+class PretrainedMixin:
+    """`save_pretrained` / `from_pretrained` for a network built from a `ModelConfig` (as in smp's mixin)."""
+
+    config: ModelConfig
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The tensors that training changes (what a checkpoint holds)."""
+        return {n: p.detach().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight, in segment_anything's Sam layout (image_encoder.*, prompt_encoder.*, mask_decoder.*)."""
+        if self.config.strategy == "lora":
+            raise SamspError("merge the LoRA weights first (SamSP.merged()) to get a plain SAM state dict")
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def save_pretrained(self, directory: str | Path, full: bool = False, extra: dict | None = None) -> Path:
+        """Write samsp.json and weights.safetensors (only what was trained, or with `full` every weight)."""
+        directory = Path(directory)
+        state = self.full_state_dict() if full else self.trainable_state_dict()
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp))
+        meta = {"samsp_version": __version__, "format": "full" if full else "trainable", "model": asdict(self.config)}
+        meta.update(extra or {})
+        write_text_atomic(directory / CONFIG_NAME, json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, checkpoint: str | Path | None = None, map_location: str = "cpu") -> Any:
+        """Load a saved model: a run folder (its best checkpoint), a checkpoint folder, or an export.
+
+        `checkpoint` replaces the base SAM weights' path recorded at training time. Raises SamspError naming the
+        file when the folder, its config or its weights cannot be used.
+        """
+        directory = resolve_model_dir(Path(path))
+        meta = read_model_meta(directory)
+        fields = dict(meta["model"])
+        if checkpoint is not None:
+            fields["checkpoint"] = str(checkpoint)
+        try:
+            config = ModelConfig(**fields)
+        except (TypeError, SamspError) as err:
+            raise SamspError(f"{directory / CONFIG_NAME}: unusable model settings ({err})") from err
+        full = meta.get("format") == "full"
+        model = cls(config, pretrained=not full)
+        state = _read_weights(directory / WEIGHTS_NAME, map_location)
+        expected = model.state_dict() if full else model.trainable_state_dict()
+        problems = key_problems(expected, state)
+        if problems:
+            raise SamspError(
+                f"{directory / WEIGHTS_NAME}: does not fit a {config.backbone} model built from "
+                f"{directory / CONFIG_NAME} ({problems})"
+            )
+        model.load_state_dict(state, strict=full)
+        return model.eval()
+
+
+def read_model_meta(directory: Path) -> dict:
+    """The parsed samsp.json of a model folder; SamspError naming the file if it is not one."""
+    path = directory / CONFIG_NAME
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta.get("model"), dict):
+            raise KeyError("model")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, AttributeError) as err:
+        raise SamspError(f"{path}: not a samsp model config ({type(err).__name__}: {err})") from err
+    return meta
+
+
+def _read_weights(path: Path, map_location: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise SamspError(f"{path}: weights file missing (was the run finished or exported?)")
+    try:
+        return load_file(str(path), device=map_location)
+    except Exception as err:  # safetensors raises its own error types for a corrupt file
+        raise SamspError(f"{path}: cannot be read as safetensors ({err})") from err
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A run folder means its best checkpoint; a folder with samsp.json is used as it is."""
+    if (path / CONFIG_NAME).is_file():
+        return path
+    for sub in ("best", "last"):
+        if (path / sub / CONFIG_NAME).is_file():
+            return path / sub
+    if not path.exists():
+        raise SamspError(f"{path}: model folder not found (give a run folder from `samsp train` or an export)")
+    raise SamspError(f"{path}: no {CONFIG_NAME} here or in best/ or last/ (give a run or export folder)")

@@ -1,0 +1,205 @@
+"""SamSP: SAM that prompts itself. Encode once, decode with no prompt, then with the box of its own mask.
+
+The network returns every pass's logits in the input frame; the loss (losses.py) decides what to do with them,
+and prediction at original size lives apart (samsp.inference.Predictor). The encoder runs as a list of stages so
+that a frozen prefix can be computed once and cached (see `prefix_stages`), which makes CPU training practical.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import SamspError
+from .backbones import build_sam, get_backbone
+from .lora import adapted_stage_names, apply_lora, base_encoder, merge_lora, set_trainable
+from .persistence import PretrainedMixin
+from .prompts import boxes_from_masks, full_boxes, valid_region
+
+
+@dataclass
+class Passes:
+    """What one forward returns: input-frame logits of every pass, the boxes used, scores and fallbacks."""
+
+    logits: list[torch.Tensor]  # (B, S, S) each, pass 0 (no prompt) first
+    boxes: list[torch.Tensor]  # (B, 4) box given to pass k+1, input frame; NaN where pass 0 was empty
+    scores: torch.Tensor  # (B,) the decoder's predicted IoU for the final pass
+    fallback: torch.Tensor  # (B,) bool: pass 0 was empty and the fallback was used
+
+
+class SamSP(PretrainedMixin, nn.Module):
+    """SAM fine-tuned to segment with no prompt: LoRA encoder, self-prompting decoder passes."""
+
+    def __init__(self, config: ModelConfig | None = None, pretrained: bool = True):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        if config.adapt_stages == "auto":
+            raise SamspError("model.adapt_stages is 'auto': resolve it for the hardware first (samsp.train does)")
+        self.backbone = get_backbone(config.backbone)
+        sam = build_sam(self.backbone, config.checkpoint, pretrained=pretrained)
+        self.stage_names = [name for name, _ in self.backbone.stages(sam.image_encoder)]
+        adapt = 0 if config.strategy == "frozen" else config.adapt_stages
+        self.adapted = adapted_stage_names(self.stage_names, adapt)
+        encoder = sam.image_encoder
+        if config.strategy == "lora":
+            encoder = apply_lora(
+                encoder,
+                self.adapted,
+                config.lora_targets,
+                config.lora_rank,
+                config.lora_alpha,
+                config.lora_dropout,
+            )
+        self.image_encoder = encoder
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        set_trainable(self, config.strategy, self.adapted)
+        # nn.Module starts in training mode; the frozen encoder must not (TinyViT's BatchNorm would normalise
+        # with each batch's statistics, so cached training features would differ from those seen at inference)
+        self.train()
+
+    # ----- encoder -----
+    @property
+    def prefix_stages(self) -> int:
+        """How many leading encoder stages never train: their output can be computed once and cached."""
+        if not self.adapted:
+            return len(self.stage_names)
+        return self.stage_names.index(self.adapted[0])
+
+    def run_encoder(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run encoder stages [start, stop): start=0 takes images, start=prefix_stages takes cached features."""
+        for _, stage in self.backbone.stages(base_encoder(self.image_encoder))[start:stop]:
+            x = stage(x)
+        return x
+
+    @torch.no_grad()
+    def encode_prefix(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen prefix of the encoder, for caching."""
+        return self.run_encoder(images, 0, self.prefix_stages)
+
+    # ----- decoder -----
+    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder pass for a batch: logits (B, S, S) in the input frame and predicted IoU (B,).
+
+        SAM's mask decoder expects one image per call, so images are decoded one by one; the prompt encoder
+        runs once for the whole batch.
+        """
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        pe = self.prompt_encoder.get_dense_pe()
+        logits, ious = [], []
+        for i in range(embeddings.shape[0]):
+            j = slice(i, i + 1) if boxes is not None else slice(0, 1)
+            low, iou = self.mask_decoder(
+                image_embeddings=embeddings[i : i + 1],
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse[j],
+                dense_prompt_embeddings=dense[j],
+                multimask_output=False,
+            )
+            logits.append(low)
+            ious.append(iou)
+        low = torch.cat(logits)
+        size = self.backbone.img_size
+        if low.shape[-1] != size:
+            low = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
+        return low[:, 0], torch.cat(ious)[:, 0]
+
+    def forward(
+        self,
+        images: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+        valid_hw: torch.Tensor | None = None,
+        iterations: int | None = None,
+    ) -> Passes:
+        """Pass 0 with no prompt, then `iterations` passes each prompted by the box of the previous mask.
+
+        Give `images` (B, 3, S, S) or `features` (the cached output of the frozen prefix). `valid_hw` (B, 2)
+        is each image's unpadded size in the input frame, so boxes never cover padding.
+        """
+        if (images is None) == (features is None):
+            raise ValueError("give exactly one of images or features")
+        embeddings = self.run_encoder(images) if features is None else self.run_encoder(features, self.prefix_stages)
+        return self.decoder_passes(embeddings, valid_hw, iterations)
+
+    def decoder_passes(
+        self, embeddings: torch.Tensor, valid_hw: torch.Tensor | None = None, iterations: int | None = None
+    ) -> Passes:
+        """The decoder passes from image embeddings: no prompt first, then each previous mask's box."""
+        b, size = embeddings.shape[0], self.backbone.img_size
+        if valid_hw is None:
+            valid_hw = torch.full((b, 2), size, device=embeddings.device)
+        if iterations is None:
+            iterations = self.config.iterations if self.training else self.config.inference_iterations
+        if not self.config.self_prompt:
+            iterations = 0
+
+        logits, scores = self.decode(embeddings, None)
+        passes, boxes = [logits], []
+        fallback = torch.zeros(b, dtype=torch.bool, device=embeddings.device)
+        cut = math.log(self.config.threshold / (1 - self.config.threshold))
+        for k in range(iterations):
+            with torch.no_grad():
+                mask = (passes[-1] > cut) & valid_region(valid_hw, size)
+                box, empty = boxes_from_masks(mask)
+                if k == 0:
+                    fallback = empty
+                box[empty] = full_boxes(valid_hw)[empty]
+            logits, iou = self.decode(embeddings, box[:, None, :])
+            if self.config.empty_fallback == "no_prompt" and empty.any():
+                logits = torch.where(empty[:, None, None], passes[-1], logits)
+                iou = torch.where(empty, scores, iou)
+                box[empty] = float("nan")
+            passes.append(logits)
+            boxes.append(box)
+            scores = iou
+        return Passes(logits=passes, boxes=boxes, scores=scores, fallback=fallback)
+
+    def train(self, mode: bool = True) -> SamSP:
+        """Frozen encoder stages stay in eval mode (BatchNorm statistics and cached attention biases kept)."""
+        super().train(mode)
+        if mode:
+            encoder = base_encoder(self.image_encoder)
+            encoder.eval()
+            if self.config.strategy == "full":
+                for name in (*self.adapted, "neck"):
+                    encoder.get_submodule(name).train()
+                for module in encoder.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
+        return self
+
+    # ----- prediction (the one path is samsp.inference.Predictor; these are shortcuts to it) -----
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def predict(self, image: np.ndarray, iterations: int | None = None, precision: str = "fp32"):
+        """Segment one HxWx3 uint8 RGB image with no prompt; a `Prediction` at the image's size."""
+        from ..inference.predictor import Predictor
+
+        return Predictor(self, precision=precision, iterations=iterations).predict(image)
+
+    def predict_batch(
+        self, images: list[np.ndarray], batch_size: int = 4, iterations: int | None = None, precision: str = "fp32"
+    ) -> list:
+        """Segment many images, `batch_size` at a time through the encoder; a list of `Prediction`s."""
+        from ..inference.predictor import Predictor
+
+        return Predictor(self, precision=precision, iterations=iterations, batch_size=batch_size).predict_batch(images)
+
+    # ----- export -----
+    def merged(self) -> SamSP:
+        """A copy with LoRA folded into the encoder weights: same predictions, no peft at inference."""
+        model = copy.deepcopy(self)
+        model.image_encoder = merge_lora(model.image_encoder)
+        model.config = replace(self.config, strategy="frozen")
+        model.adapted = []
+        set_trainable(model, "frozen", [])
+        return model

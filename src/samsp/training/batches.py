@@ -1,0 +1,132 @@
+"""Training batches: the frozen encoder prefix cached once per image (and per augmented view), or images
+augmented on the fly; the order and augmentation of every epoch depend only on (seed, epoch), so a resumed run
+sees exactly the batches a straight run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+
+import torch
+from tqdm.auto import tqdm
+
+from ..data.prepared import PreparedSet, collate
+from ..modeling.sam_sp import SamSP
+
+# The latest training and validation sets' prefix features, so several trainings in one process (a sweep, the
+# accuracy benchmark) encode them once; older entries are dropped so a long sweep's memory stays bounded.
+_PREFIX_MEMO: OrderedDict[tuple, tuple[int, list, list]] = OrderedDict()
+_PREFIX_MEMO_SIZE = 2
+
+
+class Batches:
+    """Seeded batches of training samples: cached prefix features, or images augmented on the fly."""
+
+    def __init__(
+        self,
+        data: PreparedSet,
+        model: SamSP | None,
+        views: int,
+        seed: int,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        rank: int = 0,
+        world: int = 1,
+        autocast=None,
+        workers: int = 0,
+    ):
+        self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
+        self.rank, self.world = rank, world
+        self.features: list[list[torch.Tensor]] | None = None
+        self.items: list[list[dict]] = []
+        if model is not None:
+            with autocast or contextlib.nullcontext():
+                self.features, self.items = self._cache(model, views, dtype)
+
+    def _cache(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
+        """Prefix features per image and view; reused across runs in one process (benchmarks, sweeps).
+
+        A memo entry computed for fewer stages is advanced through the missing frozen stages instead of
+        encoding the images again.
+        """
+        key = (
+            tuple((p.id, str(p.image)) for p in self.data.pairs),
+            model.config.backbone,
+            model.config.checkpoint,
+            views,
+            self.seed if views > 1 else None,
+            str(dtype),
+            torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"),
+        )
+        stop = model.prefix_stages
+        if key in _PREFIX_MEMO and _PREFIX_MEMO[key][0] <= stop:
+            _PREFIX_MEMO.move_to_end(key)
+            start, features, items = _PREFIX_MEMO[key]
+            if start < stop:
+                features = [
+                    [model.run_encoder(f[None].to(self.device).float(), start, stop)[0].to("cpu", dtype) for f in fv]
+                    for fv in features
+                ]
+            return features, items
+        features, items = self._encode(model, views, dtype)
+        _PREFIX_MEMO[key] = (stop, features, items)
+        while len(_PREFIX_MEMO) > _PREFIX_MEMO_SIZE:
+            _PREFIX_MEMO.popitem(last=False)
+        return features, items
+
+    def _encode(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
+        features, items = [], []
+        bar = tqdm(total=len(self.data) * views, desc="caching frozen encoder part", unit="img", leave=False)
+        for i in range(len(self.data)):
+            per_view, per_items = [], []
+            for v in range(views):
+                item = self.data.item(i, seed=None if v == 0 else self._seed(-v, i))
+                x = item["image"][None].to(self.device)
+                per_view.append(model.encode_prefix(x)[0].to("cpu", dtype))
+                per_items.append({"mask": item["mask"], "valid_hw": item["valid_hw"]})
+                bar.update(1)
+            features.append(per_view)
+            items.append(per_items)
+        bar.close()
+        return features, items
+
+    def _seed(self, epoch: int, index: int) -> int:
+        return (self.seed * 1_000_003 + epoch * 10_007 + index) % (2**31)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(range(self.rank, len(self.data), self.world)) / self.batch_size)
+
+    def epoch(self, epoch: int):
+        """Yield this process's batches for `epoch`: the order and augmentations depend only on (seed, epoch)."""
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        order = torch.randperm(len(self.data), generator=g)[self.rank :: self.world].tolist()
+        if self.features is None:  # augment on the fly, in loader workers when there are any
+            samples = _EpochSamples(self, order, epoch)
+            loader = torch.utils.data.DataLoader(
+                samples, batch_size=self.batch_size, num_workers=self.workers, collate_fn=collate
+            )
+            for batch in loader:
+                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            return
+        views = len(self.features[0])
+        for start in range(0, len(order), self.batch_size):
+            pick = [(i, (epoch + i) % views) for i in order[start : start + self.batch_size]]
+            batch = collate([{**self.items[i][v], "features": self.features[i][v].float()} for i, v in pick])
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+
+class _EpochSamples(torch.utils.data.Dataset):
+    """One epoch's samples in a fixed order, each augmented with its own (seed, epoch, index) seed."""
+
+    def __init__(self, batches: Batches, order: list[int], epoch: int):
+        self.data, self.order, self.epoch, self.seed_of = batches.data, order, epoch, batches._seed
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        i = self.order[k]
+        return self.data.item(i, seed=self.seed_of(self.epoch, i))

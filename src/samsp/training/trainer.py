@@ -1,0 +1,341 @@
+"""The trainer: `Trainer.fit()` is a short list of named steps, each a method a researcher can override.
+
+It knows nothing about self-prompting: the model returns its passes and `samsp_loss` consumes them. On the CPU
+the frozen prefix of the encoder is computed once per image (and per cached augmented view) and reused every
+epoch; only the adapted stages, the prompt encoder and the mask decoder run each step.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import TrainConfig, apply_overrides, dump_config, load_config
+from ..data.prepared import PreparedSet
+from ..data.sources import train_val_pairs
+from ..data.splits import write_split
+from ..data.transforms import build_augment
+from ..errors import SamspError
+from ..files import write_text_atomic
+from ..modeling.backbones import get_backbone
+from ..modeling.losses import samsp_loss
+from ..modeling.prompts import valid_region
+from ..modeling.sam_sp import SamSP
+from .batches import Batches
+from .checkpoints import load_state, save_state, state_path
+from .hardware import environment, pick_device, resolve_auto, set_seed
+from .history import write_history
+from .schedule import make_optimizer, replan_epochs
+
+log = logging.getLogger("samsp")
+
+
+def train(
+    data: str | None = None,
+    out: str | Path = "runs/samsp",
+    config_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    resume: str | Path | None = None,
+    config: TrainConfig | None = None,
+) -> Path:
+    """Train SAM-SP and return the run folder.
+
+    The settings are `config` (or the defaults), then the YAML at `config_path`, then `overrides`
+    (`section.key=value`); `data` sets `data.path`. With `resume`, that run continues from its last epoch exactly
+    and every other argument is ignored. Raises SamspError for unusable settings, data or run folders.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not state_path(run_dir).is_file() or not (run_dir / "config.yaml").is_file():
+            raise SamspError(f"{run_dir}: nothing to resume (no config.yaml and {state_path(run_dir).name} in last/)")
+        return Trainer(load_config(run_dir / "config.yaml"), run_dir, resume=True).fit()
+    run_dir = Path(out)
+    if state_path(run_dir).exists():
+        raise SamspError(f"{run_dir}: already holds a run; use --resume {run_dir} or another --out")
+    config = apply_overrides(config, overrides or []) if config is not None else load_config(config_path, overrides)
+    if data is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=str(data)))
+    return Trainer(config, run_dir).fit()
+
+
+class Trainer:
+    """Fine-tunes a SamSP model: setup, cache, plan, then per epoch train, validate, checkpoint; finish."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False):
+        self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.notes: list[str] = ["resuming"] if resume else []
+        self.progress: dict = {"epoch": 0, "best": -1.0, "history": []}
+
+    def fit(self) -> Path:
+        """Run every step in order; return the run folder."""
+        self.setup()
+        self.cache()
+        self.plan()
+        self.on_train_start()
+        while self.progress["epoch"] < self.epochs:
+            epoch = self.progress["epoch"] + 1
+            row = self.train_epoch(epoch)
+            row["val_dice"] = self.validate()
+            improved = self.on_epoch_end(epoch, row)
+            self.save_checkpoint(improved)
+        return self.finish()
+
+    # ----- steps -----
+    def setup(self) -> None:
+        """Device and "auto" settings, accelerate, seed, logging, data pairs and the model."""
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        device = pick_device(self.config.runtime.device)
+        self.config, notes = resolve_auto(self.config, device)
+        self.notes += notes
+        # accelerate keeps one precision per process; a sweep or test suite runs several trainings in one process
+        AcceleratorState._reset_state()
+        runtime = self.config.runtime
+        self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=runtime.mixed_precision)
+        self.device = self.accelerator.device
+        set_seed(runtime.seed)
+        self.train_pairs, self.val_pairs = train_val_pairs(self.config.data, runtime.seed)  # bad data: no folder
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.setup_logging()
+        log.info(
+            "data: %d training and %d validation pairs from %s",
+            len(self.train_pairs),
+            len(self.val_pairs),
+            self.config.data.path or self.config.data.csv,
+        )
+        self.model = SamSP(self.config.model).to(self.device)
+
+    def cache(self) -> None:
+        """Decode every pair once; cache the frozen encoder prefix (training views and validation)."""
+        data, runtime, model = self.config.data, self.config.runtime, self.model
+        augment = build_augment(data.augment)
+        backbone = get_backbone(self.config.model.backbone)
+        train_set = PreparedSet(self.train_pairs, backbone, augment, runtime.threads)
+        val_set = PreparedSet(self.val_pairs, backbone, None, runtime.threads)
+        use_cache = runtime.cache if runtime.cache != "auto" else model.prefix_stages > 0
+        cacher = model if use_cache else None
+        views = data.cache_views if augment is not None else 1
+        dtype = getattr(torch, runtime.cache_dtype)
+        started = time.perf_counter()
+        common = {"batch_size": self.config.optim.batch_size, "device": self.device, "dtype": dtype}
+        self.train_batches = Batches(
+            train_set,
+            cacher,
+            views,
+            runtime.seed,
+            rank=self.accelerator.process_index,
+            world=self.accelerator.num_processes,
+            autocast=self.accelerator.autocast(),
+            workers=runtime.workers,
+            **common,
+        )
+        self.val_batches = Batches(val_set, cacher, 1, runtime.seed, autocast=self.accelerator.autocast(), **common)
+        if use_cache:
+            log.info(
+                "cached the frozen encoder prefix (%d of %d stages) for %d images x %d view(s) in %.0f s",
+                model.prefix_stages,
+                len(model.stage_names),
+                len(train_set),
+                views,
+                time.perf_counter() - started,
+            )
+
+    def plan(self) -> None:
+        """Fix the epoch count (from the time budget on a CPU), say what the defaults chose, record the run."""
+        optim = self.config.optim
+        self.steps = self.train_batches.steps_per_epoch()
+        self.budget_s = None
+        if optim.epochs == "auto":
+            step_s = self.measure_step_seconds()
+            per_epoch = self.steps * step_s + len(self.val_pairs) * step_s / max(1, optim.batch_size) / 3
+            epochs = int(max(1, min(200, float(optim.time_budget_min) * 60 // max(per_epoch, 1e-6))))
+            self.set_epochs(epochs)
+            self.notes.append(
+                f"CPU: {epochs} epochs fit the {optim.time_budget_min:g}-minute budget "
+                f"(measured {step_s:.2f} s per step of {optim.batch_size})"
+            )
+            # one process re-plans by its own clock; several would disagree, so they keep the first plan
+            if self.accelerator.num_processes == 1:
+                self.budget_s = float(optim.time_budget_min) * 60
+        for note in self.notes:
+            log.info("defaults chose: %s", note)
+        cfg = self.config.model
+        log.info(
+            "strategy %s, adapted stages %s, %d trainable parameters, %d self-prompting iteration(s)",
+            cfg.strategy,
+            self.model.adapted or "none",
+            sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            cfg.iterations if cfg.self_prompt else 0,
+        )
+        if not self.resume and self.accelerator.is_main_process:
+            write_text_atomic(self.run_dir / "config.yaml", dump_config(self.config))
+            write_text_atomic(self.run_dir / "environment.json", json.dumps(environment(self.device), indent=2))
+            write_split(self.run_dir / "splits" / "train.txt", self.train_pairs)
+            write_split(self.run_dir / "splits" / "val.txt", self.val_pairs)
+
+    def on_train_start(self) -> None:
+        """Optimiser and schedule, handed to accelerate; a resumed run restores them and its progress."""
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.config.optim, self.epochs * self.steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.core: SamSP = self.accelerator.unwrap_model(self.model)
+        if self.resume:
+            self.progress = load_state(self.run_dir, self.core, self.optimizer, self.scheduler)
+            log.info("resumed after epoch %d of %d", self.progress["epoch"], self.epochs)
+        self.core.train()
+        self.loop_start = time.perf_counter()
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over this process's share of the training set; returns the epoch's mean loss parts."""
+        start, sums = time.perf_counter(), {}
+        bar = tqdm(
+            self.train_batches.epoch(epoch),
+            total=self.steps,
+            desc=f"epoch {epoch}/{self.epochs}",
+            unit="step",
+            disable=not self.accelerator.is_main_process,
+        )
+        for n, batch in enumerate(bar, 1):
+            for key, value in self.train_step(batch).items():
+                sums[key] = sums.get(key, 0.0) + value
+            rate = n * self.config.optim.batch_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", img_s=f"{rate:.1f}")
+        row = {"epoch": epoch, **{k: v / self.steps for k, v in sums.items()}}
+        row["lr"] = self.scheduler.get_last_lr()[0]
+        row["seconds"] = time.perf_counter() - start
+        return row
+
+    def train_step(self, batch: dict) -> dict:
+        """Forward, SAM-SP loss, backward, clip, step; returns the loss parts as floats."""
+        return _step(self.model, batch, self.config, self.optimizer, self.scheduler, self.accelerator)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean prompt-free Dice on the validation set, in the input frame."""
+        self.core.eval()
+        scores = []
+        for batch in self.val_batches.epoch(0):
+            out = self.core(**model_inputs(batch), valid_hw=batch["valid_hw"])
+            scores.append(dice_at_input(out.logits[-1], batch["mask"], batch["valid_hw"]))
+        self.core.train()
+        return float(torch.cat(scores).mean()) if scores else float("nan")
+
+    def on_epoch_end(self, epoch: int, row: dict) -> bool:
+        """Record the epoch, log it, re-plan a budgeted run; return whether validation improved."""
+        progress = self.progress
+        progress["history"].append(row)
+        progress["epoch"] = epoch
+        improved = row["val_dice"] > progress["best"]
+        progress["best"] = max(progress["best"], row["val_dice"])
+        log.info(
+            "epoch %d/%d  loss %.4f  val Dice %.4f%s  %.0f s",
+            epoch,
+            self.epochs,
+            row["loss"],
+            row["val_dice"],
+            " (best)" if improved else "",
+            row["seconds"],
+        )
+        if self.budget_s:  # before saving, so the saved schedule and config.yaml agree
+            used = time.perf_counter() - self.loop_start
+            fit = replan_epochs(self.epochs, epoch, used, row["seconds"], self.budget_s)
+            if fit != self.epochs:
+                log.info(
+                    "re-planned: %d epochs fit the %.0f-minute budget at %.0f s per epoch (was %d)",
+                    fit,
+                    self.budget_s / 60,
+                    row["seconds"],
+                    self.epochs,
+                )
+                self.set_epochs(fit)
+                self.scheduler.lr_lambdas[0].total_steps = fit * self.steps
+                if self.accelerator.is_main_process:
+                    write_text_atomic(self.run_dir / "config.yaml", dump_config(self.config))
+        return improved
+
+    def save_checkpoint(self, improved: bool) -> None:
+        """best/ (when validation improved), last/, the resumable state, metrics.csv and curves.png."""
+        if not self.accelerator.is_main_process:
+            return
+        row = self.progress["history"][-1]
+        extra = {"epoch": row["epoch"], "val_dice": row["val_dice"]}
+        if improved:
+            self.core.save_pretrained(self.run_dir / "best", extra=extra)
+        self.core.save_pretrained(self.run_dir / "last", extra=extra)
+        save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
+        write_history(self.run_dir, self.progress["history"])
+
+    def finish(self) -> Path:
+        """Say where the best model is; return the run folder."""
+        log.info("done: best validation Dice %.4f; model in %s", self.progress["best"], self.run_dir / "best")
+        return self.run_dir
+
+    # ----- helpers -----
+    @property
+    def epochs(self) -> int:
+        return int(self.config.optim.epochs)
+
+    def set_epochs(self, epochs: int) -> None:
+        """Change the planned epoch count (the config is what config.yaml records)."""
+        self.config = dataclasses.replace(self.config, optim=dataclasses.replace(self.config.optim, epochs=epochs))
+
+    def measure_step_seconds(self) -> float:
+        """Seconds per training step, timed on a throw-away copy so the real run starts untouched."""
+        probe = copy.deepcopy(self.model)
+        probe.train()
+        optimizer, scheduler = make_optimizer(probe, self.config.optim, 100)
+        times = []
+        for i, batch in enumerate(self.train_batches.epoch(-1)):
+            start = time.perf_counter()
+            _step(probe, batch, self.config, optimizer, scheduler, self.accelerator)
+            times.append(time.perf_counter() - start)
+            if i >= 2:
+                break
+        return min(times[1:] or times)
+
+    def setup_logging(self) -> None:
+        """Log to stdout and RUN/train.log from the main process; other processes log warnings only."""
+        log.setLevel(logging.INFO if self.accelerator.is_main_process else logging.WARNING)
+        log.handlers.clear()
+        fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+        for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(self.run_dir / "train.log")):
+            handler.setFormatter(fmt)
+            log.addHandler(handler)
+        log.propagate = False
+
+
+def _step(model, batch: dict, config: TrainConfig, optimizer, scheduler, accelerator) -> dict:
+    with accelerator.autocast():
+        out = model(**model_inputs(batch), valid_hw=batch["valid_hw"])
+        loss, parts = samsp_loss(out.logits, batch["mask"], config.loss)
+    accelerator.backward(loss)
+    if config.optim.grad_clip:
+        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.optim.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    parts["fallback"] = float(out.fallback.float().mean())
+    return parts
+
+
+def model_inputs(batch: dict) -> dict:
+    """The model's input keyword for a batch: cached prefix features, or images."""
+    return {"features": batch["features"]} if "features" in batch else {"images": batch["image"]}
+
+
+def dice_at_input(logits: torch.Tensor, mask: torch.Tensor, valid_hw: torch.Tensor) -> torch.Tensor:
+    """Binary Dice per image over the unpadded input frame; both empty counts as 1."""
+    region = valid_region(valid_hw, mask.shape[-1])
+    pred = (logits > 0) & region
+    gt = (mask > 0.5) & region
+    inter = (pred & gt).flatten(1).sum(1).float()
+    total = (pred.flatten(1).sum(1) + gt.flatten(1).sum(1)).float()
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))

@@ -1,0 +1,87 @@
+"""The one prediction path: SamSP.predict, evaluation and `samsp predict` all go through Predictor."""
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_dataset
+
+from samsp import ModelConfig, Predictor, SamSP
+from samsp.errors import SamspError
+from samsp.evaluation.evaluate import load_eval_set, predict_set
+from samsp.inference.predictor import flip_valid
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SamSP(ModelConfig(backbone="tiny"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, size, dtype=np.uint8) for size in ((90, 120, 3), (128, 70, 3), (64, 64, 3))]
+
+
+def test_model_shortcuts_and_batching_give_what_the_predictor_gives(model, images):
+    one_by_one = [Predictor(model, batch_size=1).predict(im) for im in images]
+    batched = Predictor(model, batch_size=3).predict_batch(images)
+    shortcut = model.predict_batch(images, batch_size=2)
+    for a, b, c in zip(one_by_one, batched, shortcut, strict=True):
+        assert np.allclose(a.probability, b.probability, atol=1e-5)
+        assert np.array_equal(b.mask, c.mask) and b.fallback == c.fallback
+
+
+def test_evaluation_predicts_through_the_same_path(model, tmp_path):
+    data_dir = make_dataset(tmp_path / "d", n=3)
+    from samsp.data.pairs import find_pairs
+
+    pairs = find_pairs(data_dir)
+    data = load_eval_set(pairs, model)
+    from samsp.data.io import read_image
+
+    direct = Predictor(model).predict_batch([read_image(p.image) for p in pairs])
+    for prob, pred in zip(predict_set(model, data), direct, strict=True):
+        assert np.allclose(prob, pred.probability, atol=1e-5)
+
+
+@torch.no_grad()
+def test_flips_average_the_three_views_each_prompting_itself(model, images):
+    from samsp.inference.preprocess import preprocess
+
+    x, frame = preprocess(images[0], model.backbone)
+    x, valid = x[None], torch.tensor([frame.resized_hw])
+    averaged = torch.sigmoid(Predictor(model, flips=True).passes(x, valid).logits[-1])
+    views = [model.eval()(images=x, valid_hw=valid).logits[-1]]
+    for dim in (-1, -2):
+        views.append(flip_valid(model(images=flip_valid(x, valid, dim), valid_hw=valid).logits[-1], valid, dim))
+    expected = torch.stack([torch.sigmoid(v) for v in views]).mean(0)
+    assert torch.allclose(averaged, expected, atol=1e-4)
+    assert not torch.allclose(torch.sigmoid(views[0]), expected, atol=1e-3)  # a random model is not flip-invariant
+    flipped = Predictor(model, flips=True).predict(images[0])
+    assert flipped.mask.shape == images[0].shape[:2]
+
+
+def test_flip_valid_flips_only_the_unpadded_region():
+    x = torch.arange(2 * 4 * 5, dtype=torch.float32).reshape(2, 4, 5)
+    valid = torch.tensor([[2, 3], [4, 5]])
+    out = flip_valid(x, valid, -1)
+    assert torch.equal(out[0, :2, :3], x[0, :2, :3].flip(-1)) and torch.equal(out[0, 2:], x[0, 2:])
+    assert torch.equal(out[0, :, 3:], x[0, :, 3:]) and torch.equal(out[1], x[1].flip(-1))
+    assert torch.equal(flip_valid(out, valid, -1), x)
+
+
+def test_bad_options_are_refused(model):
+    with pytest.raises(SamspError, match="precision must be one of fp32, bf16"):
+        Predictor(model, precision="int4")
+    with pytest.raises(SamspError, match="batch size"):
+        Predictor(model, batch_size=0)
+    with pytest.raises(SamspError, match="flips"):
+        list(Predictor(model, flips=True).predict_inputs([torch.zeros(3, 128, 128)], [None], features=[1]))
+
+
+def test_prediction_leaves_a_training_model_in_training_mode(model, images):
+    model.train()
+    Predictor(model).predict(images[0])
+    assert model.training
+    model.eval()
