@@ -217,3 +217,20 @@ def test_bad_settings_are_refused():
         ModelConfig(backbone="tiny", empty_fallback="guess")
     with pytest.raises(SamspError, match="strategy"):
         SamSP(ModelConfig(backbone="tiny", strategy="adapter"))
+
+
+def test_box_opening_and_jitter_change_the_self_prompt_as_configured():
+    forced = torch.full((1, 128, 128), -5.0)
+    forced[0, 10:40, 30:60] = 5.0
+    forced[0, 80, 0:120] = 5.0  # a one-pixel stray line
+    emb, valid = torch.zeros(1, 256, 8, 8), torch.tensor([[128, 128]])
+    plain = tiny().eval()
+    plain.decode = _scripted_decode(plain, forced)
+    opened = tiny(box_opening=1).eval()
+    opened.decode = _scripted_decode(opened, forced)
+    assert plain.decoder_passes(emb, valid).boxes[0].tolist() == [[0.0, 10.0, 119.0, 80.0]]
+    assert opened.decoder_passes(emb, valid).boxes[0].tolist() == [[30.0, 10.0, 59.0, 39.0]]
+    jittered = tiny(box_jitter=0.2)
+    jittered.decode = _scripted_decode(jittered, forced)
+    assert jittered.eval().decoder_passes(emb, valid).boxes[0].tolist() == [[0.0, 10.0, 119.0, 80.0]]
+    assert jittered.train().decoder_passes(emb, valid).boxes[0].tolist() != [[0.0, 10.0, 119.0, 80.0]]

@@ -43,3 +43,29 @@ def test_full_box_and_valid_region_follow_the_unpadded_size():
 def test_box_needs_a_batch_of_2d_masks():
     with pytest.raises(ValueError, match="B, H, W"):
         boxes_from_masks(torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_opening_drops_thin_stray_blobs_but_never_empties_a_mask():
+    from samsp.modeling.prompts import open_masks
+
+    m = torch.zeros(2, 20, 20, dtype=torch.bool)
+    m[0, 5:12, 5:12] = True  # the object
+    m[0, 18, 0:3] = True  # a stray 1-pixel-thin line that would widen the box
+    m[1, 3, 3] = True  # only a speck: kept, not emptied
+    opened = open_masks(m, 1)
+    boxes, empty = boxes_from_masks(opened)
+    assert boxes[0].tolist() == [5.0, 5.0, 11.0, 11.0] and not empty.any()
+    assert torch.equal(opened[1], m[1]) and torch.equal(open_masks(m, 0), m)
+
+
+def test_jittered_boxes_stay_ordered_inside_the_image_and_near_the_box():
+    from samsp.modeling.prompts import jitter_boxes
+
+    torch.manual_seed(0)
+    boxes = torch.tensor([[10.0, 20.0, 49.0, 39.0]] * 64)
+    valid = torch.tensor([[50, 60]] * 64)
+    moved = jitter_boxes(boxes, 0.1, valid)
+    assert (moved[:, 0] <= moved[:, 2]).all() and (moved[:, 1] <= moved[:, 3]).all()
+    assert (moved >= 0).all() and (moved[:, 2] <= 59).all() and (moved[:, 3] <= 49).all()
+    assert (moved - boxes).abs().max() <= 4.0 + 1e-5 and not torch.equal(moved, boxes)
+    assert torch.equal(jitter_boxes(boxes, 0.0, valid), boxes)

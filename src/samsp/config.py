@@ -45,6 +45,8 @@ class ModelConfig:
     infer_iterations: int | None = None  # at inference; None = same as training
     empty_fallback: Fallback = "no_prompt"  # empty pass 0: keep the no-prompt prediction, or prompt a full box
     threshold: float = 0.5
+    box_opening: int = 0  # opening radius (input pixels) on a pass's mask before its box: drops thin stray blobs
+    box_jitter: float = 0.0  # training only: move box edges by up to this fraction of the box size
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -54,6 +56,8 @@ class ModelConfig:
             raise SamspError(f"model.adapt_stages must be >= 0, null (all) or auto, got {self.adapt_stages}")
         if not 0 < self.threshold < 1:
             raise SamspError(f"model.threshold must be between 0 and 1, got {self.threshold}")
+        if self.box_opening < 0 or not 0 <= self.box_jitter < 1:
+            raise SamspError("model.box_opening must be >= 0 and model.box_jitter in [0, 1)")
 
     @property
     def inference_iterations(self) -> int:

@@ -21,7 +21,7 @@ from ..errors import SamspError
 from .backbones import build_sam, get_backbone
 from .lora import adapted_stage_names, apply_lora, base_encoder, merge_lora, set_trainable
 from .persistence import PretrainedMixin
-from .prompts import boxes_from_masks, full_boxes, valid_region
+from .prompts import boxes_from_masks, full_boxes, jitter_boxes, open_masks, valid_region
 
 
 @dataclass
@@ -147,10 +147,12 @@ class SamSP(PretrainedMixin, nn.Module):
         for k in range(iterations):
             with torch.no_grad():
                 mask = (passes[-1] > cut) & valid_region(valid_hw, size)
-                box, empty = boxes_from_masks(mask)
+                box, empty = boxes_from_masks(open_masks(mask, self.config.box_opening))
                 if k == 0:
                     fallback = empty
                 box[empty] = full_boxes(valid_hw)[empty]
+                if self.training:
+                    box = jitter_boxes(box, self.config.box_jitter, valid_hw)
             logits, iou = self.decode(embeddings, box[:, None, :])
             if self.config.empty_fallback == "no_prompt" and empty.any():
                 logits = torch.where(empty[:, None, None], passes[-1], logits)
