@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import random
@@ -50,12 +51,14 @@ ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, Clin
     ("ASPS (SAM-based, prompt-free)", 0.920, 0.951),
 ]
 TESTS = ("Kvasir", "ClinicDB")
-INFERENCE_LEVERS = {  # settings of a trained model, chosen on validation: name -> predict_set options
+INFERENCE_LEVERS = {  # settings of a trained model, chosen on validation: name -> predict_set options / model settings
     "as trained (1 self-prompting iteration)": {},
     "no self-prompting pass (pass 0 only)": {"iterations": 0},
     "2 self-prompting iterations": {"iterations": 2},
     "test-time flips": {"flips": True},
     "test-time flips, 2 iterations": {"flips": True, "iterations": 2},
+    "opening radius 2 before the box": {"model": {"box_opening": 2}},
+    "opening radius 4 before the box": {"model": {"box_opening": 4}},
 }
 
 
@@ -275,9 +278,13 @@ def main() -> None:
         tag = f"{slug((args.rows or list(ROWS))[0])}-s{args.seeds[0]}"
         model = SamSP.from_pretrained(out / tag)
         data = evalsets.get("val") or load_eval_set(split["val"], model)
+        trained = model.config
         for lever, options in INFERENCE_LEVERS.items():
+            options = dict(options)
+            model.config = dataclasses.replace(trained, **options.pop("model", {}))
             if not summary(out, tag, f"val-{slug(lever)}"):
                 evaluate(model, data, out / "eval" / tag / f"val-{slug(lever)}", lever, **options)
+        model.config = trained
     report(out, args)
 
 
