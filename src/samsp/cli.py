@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
 
 from .config import Precision
-from .errors import SamspError
+from .errors import Preempted, SamspError
 
 PRECISIONS = Precision.__args__
 
@@ -254,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"samsp: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(f"samsp: {stop}", file=sys.stderr)
+        return 128 + signal.Signals[stop.signal_name].value
     except KeyboardInterrupt:
         print("samsp: interrupted", file=sys.stderr)
         return 130

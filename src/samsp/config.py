@@ -131,6 +131,8 @@ class RuntimeConfig:
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     threads: int = 4  # image-decoding threads
     workers: int | Auto = "auto"  # data-loader workers for on-the-fly augmentation; auto = 0 on the CPU, 8 on a GPU
+    checkpoint_every_min: float = 10.0  # inside an epoch, save the resumable state this often (0: epoch ends only)
+    checkpoint_every_steps: int = 0  # ... or every this many steps (0: off)
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -16,3 +16,14 @@ class DataError(SamspError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class Preempted(Exception):  # noqa: N818 (not an error: the run stopped on request and can be resumed)
+    """Training stopped on SIGTERM/SIGUSR1 after saving a resumable checkpoint."""
+
+    def __init__(self, signal_name: str, run_dir: Path, epoch: int, step: int):
+        self.signal_name, self.run_dir, self.epoch, self.step = signal_name, Path(run_dir), epoch, step
+        super().__init__(
+            f"stopped by {signal_name} in epoch {epoch} after step {step}; a resumable checkpoint is in "
+            f"{self.run_dir / 'last'}; continue with: samsp train --resume {self.run_dir}"
+        )

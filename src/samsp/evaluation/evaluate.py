@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data.io import read_pair
 from ..data.pairs import Pair, find_pairs
@@ -18,6 +17,7 @@ from ..inference.predictor import Predictor
 from ..inference.preprocess import Frame, pad_mask, preprocess, resize_mask
 from ..modeling.prompts import boxes_from_masks, full_boxes
 from ..modeling.sam_sp import SamSP
+from ..progress import Progress
 from .metrics import image_metrics
 from .report import write_report
 
@@ -62,7 +62,7 @@ def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> Eval
 def prefix_features(model: SamSP, data: EvalSet, batch_size: int = 4) -> list[torch.Tensor]:
     """The frozen encoder prefix for every image, so several models sharing it are evaluated at the cost of one."""
     out = []
-    for start in tqdm(range(0, len(data.inputs), batch_size), desc="encoding (frozen part)", leave=False):
+    for start in Progress(range(0, len(data.inputs), batch_size), desc="encoding the frozen part", unit="batch"):
         x = torch.stack(data.inputs[start : start + batch_size]).to(model.device)
         out += list(model.encode_prefix(x).cpu())
     return out
@@ -88,7 +88,7 @@ def predict_set(
         boxes = full_boxes(valid) if prompt == "full_box" else data.gt_boxes
     predictor = Predictor(model, precision=precision, batch_size=batch_size, iterations=iterations, flips=flips)
     predictions = predictor.predict_inputs(data.inputs, data.frames, features, start_stage, boxes)
-    return [p.probability for p in tqdm(predictions, total=len(data.ids), desc=f"predicting ({prompt})", leave=False)]
+    return [p.probability for p in Progress(predictions, len(data.ids), f"predicting ({prompt})", unit="img")]
 
 
 def evaluate(

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from ..data.io import read_image
 from ..data.pairs import find_images
 from ..errors import SamspError
 from ..files import atomic_path
+from ..progress import Progress
 from .predictor import Prediction, Predictor
 
 OVERLAY_COLOR = np.array([0, 255, 0], dtype=np.float32)
@@ -43,8 +43,11 @@ def summary_row(pred: Prediction) -> dict:
 
 
 def _save_png(picture: Image.Image, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        picture.save(tmp, format="PNG")
+    try:
+        with atomic_path(path) as tmp:
+            picture.save(tmp, format="PNG")
+    except OSError as err:  # full disk, quota, read-only folder: nothing half-written is left behind
+        raise SamspError(f"{path}: could not write ({err.strerror or err})") from err
 
 
 def predict_files(
@@ -63,7 +66,7 @@ def predict_files(
     out_dir = Path(out_dir)
     rows = []
     batch_size = predictor.batch_size
-    for start in tqdm(range(0, len(paths), batch_size), desc="predicting", unit="batch"):
+    for start in Progress(range(0, len(paths), batch_size), desc="predicting", unit="batch"):
         chunk = paths[start : start + batch_size]
         images = [read_image(p) for p in chunk]
         for path, image, pred in zip(chunk, images, predictor.predict_batch(images), strict=True):

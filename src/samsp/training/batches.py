@@ -10,10 +10,10 @@ import math
 from collections import OrderedDict
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data.prepared import PreparedSet, collate
 from ..modeling.sam_sp import SamSP
+from ..progress import Progress
 
 # The latest training and validation sets' prefix features, so several trainings in one process (a sweep, the
 # accuracy benchmark) encode them once; older entries are dropped so a long sweep's memory stays bounded.
@@ -79,18 +79,16 @@ class Batches:
 
     def _encode(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
         features, items = [], []
-        bar = tqdm(total=len(self.data) * views, desc="caching frozen encoder part", unit="img", leave=False)
-        for i in range(len(self.data)):
+        jobs = Progress(range(len(self.data)), desc="caching the frozen encoder part", unit="img")
+        for i in jobs:
             per_view, per_items = [], []
             for v in range(views):
                 item = self.data.item(i, seed=None if v == 0 else self._seed(-v, i))
                 x = item["image"][None].to(self.device)
                 per_view.append(model.encode_prefix(x)[0].to("cpu", dtype))
                 per_items.append({"mask": item["mask"], "valid_hw": item["valid_hw"]})
-                bar.update(1)
             features.append(per_view)
             items.append(per_items)
-        bar.close()
         return features, items
 
     def _seed(self, epoch: int, index: int) -> int:
@@ -99,10 +97,12 @@ class Batches:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(range(self.rank, len(self.data), self.world)) / self.batch_size)
 
-    def epoch(self, epoch: int):
-        """Yield this process's batches for `epoch`: the order and augmentations depend only on (seed, epoch)."""
+    def epoch(self, epoch: int, start_step: int = 0):
+        """Yield this process's batches for `epoch` from `start_step` on (a resumed epoch skips what was done);
+        the order and augmentations depend only on (seed, epoch)."""
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
         order = torch.randperm(len(self.data), generator=g)[self.rank :: self.world].tolist()
+        order = order[start_step * self.batch_size :]
         if self.features is None:  # augment on the fly, in loader workers when there are any
             samples = _EpochSamples(self, order, epoch)
             loader = torch.utils.data.DataLoader(

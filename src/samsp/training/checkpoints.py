@@ -28,6 +28,8 @@ def save_state(run_dir: Path, model: SamSP, optimizer, scheduler, progress: dict
         "scheduler": scheduler.state_dict(),
         "rng": torch.get_rng_state(),
         "epoch": progress["epoch"],
+        "step": progress["step"],
+        "sums": json.dumps(progress["sums"]),
         "best": progress["best"],
         "history": json.dumps(progress["history"]),
         "model_config": json.dumps(asdict(model.config)),
@@ -37,11 +39,19 @@ def save_state(run_dir: Path, model: SamSP, optimizer, scheduler, progress: dict
 
 
 def load_state(run_dir: Path, model: SamSP, optimizer, scheduler) -> dict:
-    """Restore model, optimiser, scheduler and RNG from a run; return its progress (epoch, best, history)."""
+    """Restore model, optimiser, scheduler and RNG from a run; return its progress (epoch, step, sums, best,
+    history). A corrupt or truncated file is one SamspError naming it."""
     path = state_path(run_dir)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         saved_config = payload["model_config"]
+        progress = {
+            "epoch": int(payload["epoch"]),
+            "step": int(payload.get("step", 0)),
+            "sums": json.loads(payload.get("sums", "{}")),
+            "best": float(payload["best"]),
+            "history": json.loads(payload["history"]),
+        }
     except Exception as err:  # torch raises several types for a corrupt or truncated file
         raise SamspError(f"{path}: cannot be read ({type(err).__name__}: {err})".splitlines()[0]) from err
     if saved_config != json.dumps(asdict(model.config)):
@@ -50,4 +60,4 @@ def load_state(run_dir: Path, model: SamSP, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"])
-    return {"epoch": int(payload["epoch"]), "best": float(payload["best"]), "history": json.loads(payload["history"])}
+    return progress

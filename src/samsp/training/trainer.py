@@ -7,28 +7,32 @@ epoch; only the adapted stages, the prompt encoder and the mask decoder run each
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import TrainConfig, apply_overrides, dump_config, load_config
 from ..data.prepared import PreparedSet
 from ..data.sources import train_val_pairs
 from ..data.splits import write_split
 from ..data.transforms import build_augment
-from ..errors import SamspError
+from ..errors import Preempted, SamspError
 from ..files import write_text_atomic
 from ..modeling.backbones import get_backbone
 from ..modeling.losses import samsp_loss
 from ..modeling.prompts import valid_region
 from ..modeling.sam_sp import SamSP
+from ..progress import Progress
 from .batches import Batches
 from .checkpoints import load_state, save_state, state_path
 from .hardware import environment, pick_device, resolve_auto, set_seed
@@ -72,7 +76,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False):
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.notes: list[str] = ["resuming"] if resume else []
-        self.progress: dict = {"epoch": 0, "best": -1.0, "history": []}
+        # epochs done, steps done in the next one (with their loss sums), best validation Dice, one row per epoch
+        self.progress: dict = {"epoch": 0, "step": 0, "sums": {}, "best": -1.0, "history": []}
+        self.stop_signal: str | None = None  # set by SIGTERM/SIGUSR1: save and stop after the current step
 
     def fit(self) -> Path:
         """Run every step in order; return the run folder."""
@@ -80,12 +86,15 @@ class Trainer:
         self.cache()
         self.plan()
         self.on_train_start()
-        while self.progress["epoch"] < self.epochs:
-            epoch = self.progress["epoch"] + 1
-            row = self.train_epoch(epoch)
-            row["val_dice"] = self.validate()
-            improved = self.on_epoch_end(epoch, row)
-            self.save_checkpoint(improved)
+        with preemption_signals(self):
+            while self.progress["epoch"] < self.epochs:
+                epoch = self.progress["epoch"] + 1
+                row = self.train_epoch(epoch)
+                row["val_dice"] = self.validate()
+                improved = self.on_epoch_end(epoch, row)
+                self.save_checkpoint(improved)
+                if self.stop_signal and epoch < self.epochs:  # signal in the last step or the validation
+                    raise Preempted(self.stop_signal, self.run_dir, epoch, self.steps)
         return self.finish()
 
     # ----- steps -----
@@ -189,29 +198,48 @@ class Trainer:
         self.core: SamSP = self.accelerator.unwrap_model(self.model)
         if self.resume:
             self.progress = load_state(self.run_dir, self.core, self.optimizer, self.scheduler)
-            log.info("resumed after epoch %d of %d", self.progress["epoch"], self.epochs)
+            log.info(
+                "resumed after epoch %d of %d (+%d steps)", self.progress["epoch"], self.epochs, self.progress["step"]
+            )
         self.core.train()
         self.loop_start = time.perf_counter()
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over this process's share of the training set; returns the epoch's mean loss parts."""
-        start, sums = time.perf_counter(), {}
-        bar = tqdm(
-            self.train_batches.epoch(epoch),
-            total=self.steps,
+        """One pass over this process's share of the training set (from where a resumed run stopped); returns the
+        epoch's mean loss parts. Saves the resumable state as `runtime.checkpoint_every_*` says, and on a signal."""
+        start, done = time.perf_counter(), self.progress["step"]
+        sums, last_save = dict(self.progress["sums"]), time.perf_counter()
+        steps = Progress(
+            self.train_batches.epoch(epoch, start_step=done),
+            total=self.steps - done,
             desc=f"epoch {epoch}/{self.epochs}",
             unit="step",
             disable=not self.accelerator.is_main_process,
         )
-        for n, batch in enumerate(bar, 1):
+        for n, batch in enumerate(steps, done + 1):
             for key, value in self.train_step(batch).items():
                 sums[key] = sums.get(key, 0.0) + value
-            rate = n * self.config.optim.batch_size / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}", img_s=f"{rate:.1f}")
+            steps.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+            self.progress.update(step=n, sums=sums)
+            if n < self.steps and (self.stop_signal or self.checkpoint_due(n, last_save)):
+                self.save_state()
+                last_save = time.perf_counter()
+                if self.stop_signal:
+                    raise Preempted(self.stop_signal, self.run_dir, epoch, n)
+        self.progress.update(step=0, sums={})
         row = {"epoch": epoch, **{k: v / self.steps for k, v in sums.items()}}
         row["lr"] = self.scheduler.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - start
         return row
+
+    def checkpoint_due(self, step: int, last_save: float) -> bool:
+        """Whether the resumable state should be saved inside the epoch after `step`."""
+        runtime = self.config.runtime
+        by_steps = runtime.checkpoint_every_steps > 0 and step % runtime.checkpoint_every_steps == 0
+        by_time = (
+            runtime.checkpoint_every_min > 0 and time.perf_counter() - last_save >= runtime.checkpoint_every_min * 60
+        )
+        return by_steps or by_time
 
     def train_step(self, batch: dict) -> dict:
         """Forward, SAM-SP loss, backward, clip, step; returns the loss parts as floats."""
@@ -267,11 +295,18 @@ class Trainer:
             return
         row = self.progress["history"][-1]
         extra = {"epoch": row["epoch"], "val_dice": row["val_dice"]}
-        if improved:
-            self.core.save_pretrained(self.run_dir / "best", extra=extra)
-        self.core.save_pretrained(self.run_dir / "last", extra=extra)
-        save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
-        write_history(self.run_dir, self.progress["history"])
+        with disk_errors(self.run_dir):
+            if improved:
+                self.core.save_pretrained(self.run_dir / "best", extra=extra)
+            self.core.save_pretrained(self.run_dir / "last", extra=extra)
+            save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
+            write_history(self.run_dir, self.progress["history"])
+
+    def save_state(self) -> None:
+        """The resumable state alone (inside an epoch): optimiser, schedule, RNG, weights, progress."""
+        if self.accelerator.is_main_process:
+            with disk_errors(self.run_dir):
+                save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
 
     def finish(self) -> Path:
         """Say where the best model is; return the run folder."""
@@ -339,3 +374,35 @@ def dice_at_input(logits: torch.Tensor, mask: torch.Tensor, valid_hw: torch.Tens
     inter = (pred & gt).flatten(1).sum(1).float()
     total = (pred.flatten(1).sum(1) + gt.flatten(1).sum(1)).float()
     return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+@contextlib.contextmanager
+def preemption_signals(trainer: Trainer) -> Iterator[None]:
+    """While training, SIGTERM and SIGUSR1 (how SLURM and Kubernetes announce preemption) ask the trainer to save
+    a resumable checkpoint after the current step and stop (`Preempted`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame) -> None:
+        trainer.stop_signal = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def disk_errors(run_dir: Path) -> Iterator[None]:
+    """A failed write (full disk, quota, read-only) becomes one SamspError; the files written before stay intact."""
+    try:
+        yield
+    except OSError as err:
+        where = err.filename or run_dir
+        raise SamspError(
+            f"{where}: could not write the checkpoint ({err.strerror or err}); the previous checkpoint in "
+            f"{run_dir / 'last'} is intact: free space and continue with samsp train --resume {run_dir}"
+        ) from err
