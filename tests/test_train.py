@@ -185,3 +185,20 @@ def test_the_pranet_config_trains_on_pranet_training_ids_only(shared_data, tmp_p
         (run / "splits" / "val.txt").read_text().split()
     )
     assert used and used <= set(train_ids) and not used & set(test_ids)
+
+
+def test_a_run_saved_before_newer_model_settings_existed_still_resumes(dataset, tmp_path):
+    import yaml
+
+    run = train(data=str(dataset), out=tmp_path / "old", overrides=[*FAST, "optim.epochs=1"])
+    state_file = run / "last" / "training_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    old = json.loads(state["model_config"])
+    del old["box_opening"], old["box_jitter"]  # as a run from an earlier samsp wrote it
+    state["model_config"] = json.dumps(old)
+    torch.save(state, state_file)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["optim"]["epochs"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    resumed = train(resume=run)
+    assert len((resumed / "metrics.csv").read_text().splitlines()) == 3

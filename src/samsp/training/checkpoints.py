@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ModelConfig
 from ..errors import SamspError
 from ..files import atomic_path
 from ..modeling.sam_sp import SamSP
@@ -54,10 +55,18 @@ def load_state(run_dir: Path, model: SamSP, optimizer, scheduler) -> dict:
         }
     except Exception as err:  # torch raises several types for a corrupt or truncated file
         raise SamspError(f"{path}: cannot be read ({type(err).__name__}: {err})".splitlines()[0]) from err
-    if saved_config != json.dumps(asdict(model.config)):
+    if not _same_model(saved_config, model.config):
         raise SamspError(f"{path}: saved for another model configuration than {run_dir / 'config.yaml'}")
     model.load_state_dict(payload["model"], strict=False)
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"])
     return progress
+
+
+def _same_model(saved: str, config: ModelConfig) -> bool:
+    """Whether a saved model config is `config`; settings added to samsp since it was saved take their defaults."""
+    try:
+        return ModelConfig(**json.loads(saved)) == config
+    except (TypeError, ValueError, SamspError):
+        return False
