@@ -21,6 +21,7 @@ ONNX_NAME = "samsp.onnx"
 META_NAME = "samsp_onnx.json"
 INPUTS = ("images", "valid_hw")
 OUTPUTS = ("logits", "pass_logits", "boxes", "scores", "fallback")
+_REQUIRED = {"input_size", "normalization", "threshold", "outputs"}
 
 
 def read_onnx_meta(model_dir: str | Path) -> dict:
@@ -30,11 +31,11 @@ def read_onnx_meta(model_dir: str | Path) -> dict:
         raise SamspError(f"{path}: not found (export the model with `samsp export --format onnx` first)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        missing = {"input_size", "normalization", "threshold", "outputs"} - set(meta)
+        usable = isinstance(meta, dict) and set(meta) >= _REQUIRED and tuple(meta["outputs"]) == OUTPUTS
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
         raise SamspError(f"{path}: not a samsp ONNX export description ({type(err).__name__}: {err})") from err
-    if missing or tuple(meta["outputs"]) != OUTPUTS:
-        raise SamspError(f"{path}: not a samsp ONNX export description (missing {sorted(missing)} or other outputs)")
+    if not usable:
+        raise SamspError(f"{path}: not a samsp ONNX export description (needs {', '.join(sorted(_REQUIRED))})")
     return meta
 
 
