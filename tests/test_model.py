@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from samsp import ModelConfig, SamSP
 from samsp.config import LossConfig
@@ -31,6 +32,27 @@ def test_forward_returns_every_pass_at_input_resolution():
 def test_no_self_prompt_is_one_no_prompt_pass():
     out = tiny(self_prompt=False).eval()(images=image_batch())
     assert len(out.logits) == 1 and out.boxes == []
+
+
+@pytest.mark.parametrize("prompted", [False, True])
+def test_the_batched_decoder_equals_segment_anythings_one_image_per_call(prompted):
+    model = tiny().eval()
+    torch.manual_seed(2)
+    embeddings = torch.randn(3, 256, 8, 8)
+    boxes = torch.tensor([[[5.0, 6.0, 60.0, 70.0]], [[0.0, 0.0, 127.0, 127.0]], [[30.0, 20.0, 40.0, 90.0]]])
+    boxes = boxes if prompted else None
+    with torch.no_grad():
+        sparse, dense = model.prompt_encoder(points=None, boxes=boxes, masks=None)
+        pe, low, iou = model.prompt_encoder.get_dense_pe(), [], []
+        for i in range(3):
+            j = slice(i, i + 1) if prompted else slice(0, 1)
+            out = model.mask_decoder(embeddings[i : i + 1], pe, sparse[j], dense[j], multimask_output=False)
+            low.append(out[0])
+            iou.append(out[1])
+        logits, scores = model.decode(embeddings, boxes)
+    reference = F.interpolate(torch.cat(low), (128, 128), mode="bilinear", align_corners=False)[:, 0]
+    assert (logits - reference).abs().max() < 1e-5
+    assert (scores - torch.cat(iou)[:, 0]).abs().max() < 1e-5
 
 
 def test_the_box_comes_from_the_first_pass_and_respects_the_valid_region():

@@ -69,6 +69,22 @@ def _predictor(args: argparse.Namespace):
     return Predictor(model, args.precision, args.batch_size, args.iterations, args.flips)
 
 
+def _onnx_predictor(args: argparse.Namespace):
+    """The ONNX Runtime engine; the options the exported graph fixes are refused rather than ignored."""
+    fixed = {
+        "--iterations": args.iterations is not None,
+        "--precision bf16": args.precision != "fp32",
+        "--flips": args.flips,
+        "--checkpoint": args.checkpoint is not None,
+    }
+    given = [flag for flag, used in fixed.items() if used]
+    if given:
+        raise SamspError(f"{', '.join(given)}: not available with --engine onnx (the exported graph fixes them)")
+    from .inference.onnx_engine import OnnxPredictor
+
+    return OnnxPredictor(args.model, batch_size=args.batch_size)
+
+
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="fine-tune with SAM-SP on an image/mask folder")
     t.add_argument("--out", default="runs/samsp", help="run folder (default: runs/samsp)")
@@ -129,11 +145,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
     r.add_argument("--no-overlay", action="store_true", help="write masks only")
+    r.add_argument(
+        "--engine",
+        default="torch",
+        choices=("torch", "onnx"),
+        help="onnx: ONNX Runtime on a `samsp export --format onnx` folder, no torch needed (default: torch)",
+    )
     _inference_options(r)
 
     x = sub.add_parser("export", help="merge LoRA into the encoder and write a standalone model")
     x.add_argument("--model", required=True, help="run folder")
     x.add_argument("--out", required=True, help="export folder")
+    x.add_argument(
+        "--format",
+        default="safetensors",
+        choices=("safetensors", "onnx"),
+        help="safetensors (default): a full samsp model; onnx: samsp.onnx, the whole prompt-free pipeline",
+    )
 
     c = sub.add_parser("check-data", help="check every image/mask pair without training")
     c.add_argument("folder", nargs="?", help="folder with images/ and masks/ (the same as --data)")
@@ -199,7 +227,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .inference.outputs import predict_files
 
-    rows = predict_files(_predictor(args), args.inputs, args.out, overlays=not args.no_overlay)
+    predictor = _onnx_predictor(args) if args.engine == "onnx" else _predictor(args)
+    rows = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay)
     empty = sum(r["fallback"] for r in rows)
     print(
         f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else "")
@@ -207,6 +236,13 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    if args.format == "onnx":
+        from .inference.onnx_engine import ONNX_NAME
+        from .inference.onnx_export import export_onnx
+
+        out, diff = export_onnx(args.model, args.out)
+        print(f"wrote {out / ONNX_NAME} (largest probability difference, ONNX Runtime vs PyTorch: {diff:.2e})")
+        return
     from .inference.export import export_model
 
     out, diff = export_model(args.model, args.out)

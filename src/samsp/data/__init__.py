@@ -1,36 +1,14 @@
-"""Data loading: readers, pairing, splits, checks, named datasets and augmentation."""
+"""Data loading: readers, pairing, splits, checks, named datasets and augmentation (each imported on first use)."""
 
-from samsp.data.checks import CheckReport, Problem, check_pairs
-from samsp.data.io import load_pil, read_image, read_mask, read_pair, require_same_size
-from samsp.data.named import DATASETS, default_cache_dir, fetch, pranet_split
-from samsp.data.pairs import IMAGE_EXTENSIONS, Pair, find_images, find_pairs, is_image_file
-from samsp.data.splits import random_split, read_csv_pairs, read_id_list, select, write_split
-from samsp.data.transforms import DEFAULT_AUGMENT, Augment, build_augment
+from samsp.lazy import lazy_exports
 
-__all__ = [
-    "DATASETS",
-    "DEFAULT_AUGMENT",
-    "IMAGE_EXTENSIONS",
-    "Augment",
-    "CheckReport",
-    "Pair",
-    "Problem",
-    "build_augment",
-    "check_pairs",
-    "default_cache_dir",
-    "fetch",
-    "find_images",
-    "find_pairs",
-    "is_image_file",
-    "load_pil",
-    "pranet_split",
-    "random_split",
-    "read_csv_pairs",
-    "read_id_list",
-    "read_image",
-    "read_mask",
-    "read_pair",
-    "require_same_size",
-    "select",
-    "write_split",
-]
+_PUBLIC = {
+    **dict.fromkeys(("CheckReport", "Problem", "check_pairs"), "checks"),
+    **dict.fromkeys(("load_pil", "read_image", "read_mask", "read_pair", "require_same_size"), "io"),
+    **dict.fromkeys(("DATASETS", "default_cache_dir", "fetch", "pranet_split"), "named"),
+    **dict.fromkeys(("IMAGE_EXTENSIONS", "Pair", "find_images", "find_pairs", "is_image_file"), "pairs"),
+    **dict.fromkeys(("random_split", "read_csv_pairs", "read_id_list", "select", "write_split"), "splits"),
+    **dict.fromkeys(("DEFAULT_AUGMENT", "Augment", "build_augment"), "transforms"),
+}
+__all__ = sorted(_PUBLIC)
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -10,16 +10,15 @@ import torch
 
 from ..modeling.persistence import resolve_model_dir
 from ..modeling.sam_sp import SamSP
+from .prediction import BatchPredictor
 from .predictor import Predictor
 
 
-def merge_check(original: SamSP, merged: SamSP, seed: int = 0) -> float:
-    """Largest difference in final-pass probability between the two models on a seeded random image."""
-    rng = np.random.default_rng(seed)
-    size = original.backbone.img_size
-    image = rng.integers(0, 256, size=(size, size * 3 // 4, 3), dtype=np.uint8)
-    a = Predictor(original).predict(image).probability
-    b = Predictor(merged).predict(image).probability
+def prediction_check(reference: BatchPredictor, other: BatchPredictor, size: int, seed: int = 0) -> float:
+    """Largest difference in final-pass probability between two predictors on a seeded random image."""
+    image = np.random.default_rng(seed).integers(0, 256, size=(size, size * 3 // 4, 3), dtype=np.uint8)
+    a = reference.predict_batch([image])[0].probability
+    b = other.predict_batch([image])[0].probability
     return float(np.abs(a - b).max())
 
 
@@ -28,7 +27,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path) -> tuple[Path, floa
     source = resolve_model_dir(Path(model_dir))
     model = SamSP.from_pretrained(source)
     merged = model.merged()
-    diff = merge_check(model, merged)
+    diff = prediction_check(Predictor(model), Predictor(merged), model.backbone.img_size)
     extra = {
         "exported_from": str(source.resolve()),
         "trained_as": asdict(model.config),

@@ -1,4 +1,7 @@
-"""Segment image files with no prompt: binary mask PNGs at the original size, overlays, and a CSV of scores."""
+"""Segment image files with no prompt: binary mask PNGs at the original size, overlays, and a CSV of scores.
+
+It takes either engine (`Predictor`, `OnnxPredictor`) and imports no torch itself.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from ..data.pairs import find_images
 from ..errors import SamspError
 from ..files import atomic_path
 from ..progress import Progress
-from .predictor import Prediction, Predictor
+from .prediction import BatchPredictor, Prediction
 
 OVERLAY_COLOR = np.array([0, 255, 0], dtype=np.float32)
 
@@ -51,9 +54,10 @@ def _save_png(picture: Image.Image, path: Path) -> None:
 
 
 def predict_files(
-    predictor: Predictor, inputs: list[str | Path], out_dir: str | Path, overlays: bool = True
+    predictor: BatchPredictor, inputs: list[str | Path], out_dir: str | Path, overlays: bool = True
 ) -> list[dict]:
-    """Predict every image in `inputs` (files or folders); write masks/, overlays/ and predictions.csv."""
+    """Predict every image in `inputs` (files or folders) with either engine; write masks/, overlays/ and
+    predictions.csv."""
     paths = find_images(inputs)
     if not paths:
         raise SamspError(f"no images found in {', '.join(map(str, inputs))}")

@@ -7,7 +7,6 @@ self-prompting iterations and test-time flips mean the same thing everywhere.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,21 +14,10 @@ import torch
 from ..config import Precision
 from ..errors import SamspError
 from ..modeling.sam_sp import Passes, SamSP
+from .prediction import Prediction, as_rgb, make_prediction
 from .preprocess import Frame, postprocess, preprocess
 
 PRECISIONS: tuple[str, ...] = Precision.__args__
-
-
-@dataclass
-class Prediction:
-    """A prompt-free prediction for one image, at its original size."""
-
-    mask: np.ndarray  # (H, W) bool, final pass
-    probability: np.ndarray  # (H, W) float32, final pass
-    pass_masks: list[np.ndarray] = field(repr=False)  # (H, W) bool for every pass, pass 0 first
-    box: np.ndarray | None  # (4,) x0, y0, x1, y1 in original pixels: the prompt given to the final pass
-    score: float  # the decoder's predicted IoU
-    fallback: bool  # pass 0 found nothing, so no box was derived
 
 
 def inference_precision(device: torch.device, precision: str):
@@ -146,31 +134,8 @@ def flip_valid(x: torch.Tensor, valid_hw: torch.Tensor, dim: int) -> torch.Tenso
     return out
 
 
-def as_rgb(image: np.ndarray) -> np.ndarray:
-    """An HxWx3 uint8 view of a grayscale, RGB or RGBA array; SamspError for anything else."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise SamspError(f"expected an HxWx3 RGB image, got an array of shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise SamspError(f"expected a uint8 image, got {image.dtype} (read files with samsp.data.read_image)")
-    return image[:, :, :3]
-
-
 def to_prediction(out: Passes, i: int, frame: Frame, threshold: float) -> Prediction:
     """Image `i` of a batch's passes, cropped and resized back to its original size."""
     probs = [torch.sigmoid(postprocess(logits[i], frame)).cpu().numpy() for logits in out.logits]
-    box = None
-    if out.boxes and not bool(out.fallback[i]):
-        (h, w), (rh, rw) = frame.original_hw, frame.resized_hw
-        scale = torch.tensor([w / rw, h / rh, w / rw, h / rh], device=out.boxes[-1].device)
-        box = (out.boxes[-1][i] * scale).cpu().numpy()
-    return Prediction(
-        mask=probs[-1] > threshold,
-        probability=probs[-1].astype(np.float32),
-        pass_masks=[p > threshold for p in probs],
-        box=box,
-        score=float(out.scores[i]),
-        fallback=bool(out.fallback[i]),
-    )
+    box = out.boxes[-1][i].cpu().numpy() if out.boxes and not bool(out.fallback[i]) else None
+    return make_prediction(probs, box, frame, float(out.scores[i]), bool(out.fallback[i]), threshold)

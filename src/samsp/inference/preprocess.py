@@ -7,30 +7,15 @@ image's original height and width.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..modeling.backbones import Backbone
+from .frame import PIXEL_MEAN, PIXEL_STD, Frame, resized_shape
 
-PIXEL_MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-PIXEL_STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """Where an image sits in the input frame: original size and resized (unpadded) size."""
-
-    original_hw: tuple[int, int]
-    resized_hw: tuple[int, int]
-
-
-def resized_shape(h: int, w: int, size: int) -> tuple[int, int]:
-    """SAM's ResizeLongestSide rule: the longest side becomes `size`, the other is rounded."""
-    scale = size / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+_MEAN = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+_STD = torch.tensor(PIXEL_STD).view(3, 1, 1)
 
 
 def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
@@ -60,7 +45,7 @@ def normalize_and_pad(resized: torch.Tensor, backbone: Backbone) -> torch.Tensor
         lo, hi = x.min(), x.max()
         x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
     else:
-        x = (x - PIXEL_MEAN) / PIXEL_STD
+        x = (x - _MEAN) / _STD
     size = backbone.img_size
     return F.pad(x, (0, size - x.shape[2], 0, size - x.shape[1]))
 

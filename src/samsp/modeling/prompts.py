@@ -1,4 +1,7 @@
-"""Self-prompts: the box a predicted mask gives to the next decoder pass."""
+"""Self-prompts: the box a predicted mask gives to the next decoder pass.
+
+Everything here is tensor arithmetic with no data-dependent Python branch, so it traces into the ONNX graph.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +26,7 @@ def boxes_from_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     x0 = cols.float().argmax(dim=1)
     x1 = w - 1 - cols.flip(1).float().argmax(dim=1)
     boxes = torch.stack([x0, y0, x1, y1], dim=1).float()
-    boxes[empty] = 0.0
-    return boxes, empty
+    return torch.where(empty[:, None], 0.0, boxes), empty
 
 
 def full_boxes(valid_hw: torch.Tensor) -> torch.Tensor:

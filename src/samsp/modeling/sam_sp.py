@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import SamspError
 from .backbones import build_sam, get_backbone
+from .decoder import decode_batch
 from .lora import adapted_stage_names, apply_lora, base_encoder, merge_lora, set_trainable
 from .persistence import PretrainedMixin
 from .prompts import boxes_from_masks, full_boxes, jitter_boxes, open_masks, valid_region
@@ -88,28 +89,14 @@ class SamSP(PretrainedMixin, nn.Module):
     def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder pass for a batch: logits (B, S, S) in the input frame and predicted IoU (B,).
 
-        SAM's mask decoder expects one image per call, so images are decoded one by one; the prompt encoder
-        runs once for the whole batch.
+        `boxes` (B, 1, 4) gives each image one box, None decodes with no prompt; all images share one decoder call.
         """
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        pe = self.prompt_encoder.get_dense_pe()
-        logits, ious = [], []
-        for i in range(embeddings.shape[0]):
-            j = slice(i, i + 1) if boxes is not None else slice(0, 1)
-            low, iou = self.mask_decoder(
-                image_embeddings=embeddings[i : i + 1],
-                image_pe=pe,
-                sparse_prompt_embeddings=sparse[j],
-                dense_prompt_embeddings=dense[j],
-                multimask_output=False,
-            )
-            logits.append(low)
-            ious.append(iou)
-        low = torch.cat(logits)
+        low, iou = decode_batch(self.mask_decoder, embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
         size = self.backbone.img_size
         if low.shape[-1] != size:
             low = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
-        return low[:, 0], torch.cat(ious)[:, 0]
+        return low[:, 0], iou[:, 0]
 
     def forward(
         self,
@@ -150,14 +137,14 @@ class SamSP(PretrainedMixin, nn.Module):
                 box, empty = boxes_from_masks(open_masks(mask, self.config.box_opening))
                 if k == 0:
                     fallback = empty
-                box[empty] = full_boxes(valid_hw)[empty]
+                box = torch.where(empty[:, None], full_boxes(valid_hw), box)
                 if self.training:
                     box = jitter_boxes(box, self.config.box_jitter, valid_hw)
             logits, iou = self.decode(embeddings, box[:, None, :])
-            if self.config.empty_fallback == "no_prompt" and empty.any():
+            if self.config.empty_fallback == "no_prompt":
                 logits = torch.where(empty[:, None, None], passes[-1], logits)
                 iou = torch.where(empty, scores, iou)
-                box[empty] = float("nan")
+                box = torch.where(empty[:, None], float("nan"), box)
             passes.append(logits)
             boxes.append(box)
             scores = iou

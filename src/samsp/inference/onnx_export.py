@@ -1,0 +1,104 @@
+"""ONNX export of the whole prompt-free pipeline: one graph from preprocessed images to every pass's logits.
+
+The graph holds the LoRA-merged encoder, pass 0 with no prompt, the box of each pass's mask (inside each image's
+unpadded region), the configured self-prompting iterations and the empty-pass fallback, for any batch size. What
+stays outside is what depends on each image's size: resize, normalise and pad before, crop and resize back after
+(`onnx_engine.OnnxPredictor` does both in numpy, as `Predictor` does in torch).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import SamspError
+from ..files import write_text_atomic
+from ..modeling.persistence import resolve_model_dir
+from ..modeling.sam_sp import SamSP
+from .export import prediction_check
+from .frame import PIXEL_MEAN, PIXEL_STD
+from .onnx_engine import INPUTS, META_NAME, ONNX_NAME, OUTPUTS, OnnxPredictor
+from .predictor import Predictor
+
+OPSET = 18
+
+
+class PromptFreeGraph(nn.Module):
+    """What the ONNX graph computes: SamSP's passes for a batch of preprocessed images, as plain tensors.
+
+    In: `images` (B, 3, S, S) float32 and `valid_hw` (B, 2) int64, each image's unpadded size in the input frame.
+    Out: `logits` (B, S, S) of the final pass, `pass_logits` (B, P, S, S), `boxes` (B, iterations, 4) each pass's
+    prompt in the input frame (NaN where the fallback kept pass 0), `scores` (B,) and `fallback` (B,) bool.
+    """
+
+    def __init__(self, model: SamSP):
+        super().__init__()
+        self.model = model
+        self.iterations = model.config.inference_iterations
+
+    def forward(self, images: torch.Tensor, valid_hw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images=images, valid_hw=valid_hw, iterations=self.iterations)
+        boxes = torch.stack(out.boxes, dim=1) if out.boxes else images.new_zeros(images.shape[0], 0, 4)
+        return out.logits[-1], torch.stack(out.logits, dim=1), boxes, out.scores, out.fallback
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = OPSET) -> tuple[Path, float]:
+    """Write `samsp.onnx` and `samsp_onnx.json` to `out_dir`; return the folder and ORT's largest probability
+    difference from the PyTorch `Predictor` of the trained model on a seeded random image (also in the JSON).
+    """
+    try:
+        import onnx
+    except ImportError as err:
+        raise SamspError("ONNX export needs the onnx extra: pip install 'samsp[onnx]'") from err
+    source = resolve_model_dir(Path(model_dir))
+    model = SamSP.from_pretrained(source)
+    graph = PromptFreeGraph(model.merged().eval()).eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META_NAME).unlink(missing_ok=True)  # written last: a folder without it holds no finished export
+
+    size = model.backbone.img_size
+    example = (torch.zeros(2, 3, size, size), torch.full((2, 2), size, dtype=torch.int64))
+    batch = torch.export.Dim("batch")
+    # strict (dynamo) tracing: TinyViT's `len(x)` would fix the batch size under non-strict tracing
+    with torch.no_grad():
+        program = torch.export.export(
+            graph, example, dynamic_shapes={"images": {0: batch}, "valid_hw": {0: batch}}, strict=True
+        )
+    onnx_program = torch.onnx.export(
+        program, example, input_names=list(INPUTS), output_names=list(OUTPUTS), opset_version=opset, verbose=False
+    )
+    onnx_program.save(str(out_dir / ONNX_NAME))
+    onnx.checker.check_model(str(out_dir / ONNX_NAME))
+
+    config = model.config
+    normalization = {"kind": model.backbone.normalization}
+    if model.backbone.normalization == "imagenet":
+        normalization.update(mean=list(PIXEL_MEAN), std=list(PIXEL_STD))
+    meta = {
+        "format": "onnx",
+        "samsp_version": __version__,
+        "onnx_file": ONNX_NAME,
+        "backbone": config.backbone,
+        "input_size": size,
+        "normalization": normalization,
+        "threshold": config.threshold,
+        "iterations": graph.iterations,
+        "empty_fallback": config.empty_fallback,
+        "inputs": list(INPUTS),
+        "outputs": list(OUTPUTS),
+        "opset": opset,
+        "exported_from": str(source.resolve()),
+        "trained_as": asdict(config),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+    }
+    write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2))
+    meta["ort_max_abs_prob_diff"] = prediction_check(Predictor(model), OnnxPredictor(out_dir), size)
+    write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2))
+    return out_dir, meta["ort_max_abs_prob_diff"]

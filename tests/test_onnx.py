@@ -1,0 +1,202 @@
+"""ONNX export and the torch-free ONNX Runtime engine, against the PyTorch Predictor on the same images."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from helpers import make_dataset
+
+import samsp
+from samsp import ModelConfig, Predictor, SamSP, train
+from samsp.cli import main
+from samsp.data.io import read_image
+from samsp.inference import preprocess, preprocess_numpy
+from samsp.inference.onnx_engine import OnnxPredictor
+from samsp.inference.onnx_export import export_onnx
+from samsp.modeling.backbones import get_backbone
+
+FAST = ["model.backbone=tiny", "data.val_fraction=0.25", "runtime.threads=1", "runtime.mixed_precision=no"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"), n=8)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    return train(data=str(dataset), out=tmp_path_factory.mktemp("runs") / "run", overrides=[*FAST, "optim.epochs=1"])
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    assert main(["export", "--model", str(run), "--out", str(out), "--format", "onnx"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(dataset):
+    rng = np.random.default_rng(5)
+    files = [read_image(p) for p in sorted((dataset / "images").iterdir())]
+    return files + [rng.integers(0, 256, size, dtype=np.uint8) for size in ((300, 199, 3), (61, 64, 3))]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def assert_same_predictions(torch_preds, onnx_preds):
+    """ORT reproduces PyTorch: masks (Dice), probabilities, every pass, the box, the score, the fallback."""
+    for a, b in zip(torch_preds, onnx_preds, strict=True):
+        assert dice(a.mask, b.mask) >= 0.999
+        assert np.abs(a.probability - b.probability).max() < 1e-3
+        assert len(a.pass_masks) == len(b.pass_masks)
+        assert all(dice(x, y) >= 0.999 for x, y in zip(a.pass_masks, b.pass_masks, strict=True))
+        assert (a.box is None) == (b.box is None)
+        if a.box is not None:
+            assert np.array_equal(a.box, b.box)
+        assert abs(a.score - b.score) < 1e-4 and a.fallback == b.fallback
+
+
+def test_the_export_is_a_checked_graph_with_a_description(exported, run):
+    onnx.checker.check_model(str(exported / "samsp.onnx"))
+    graph = onnx.load(str(exported / "samsp.onnx")).graph
+    assert [i.name for i in graph.input] == ["images", "valid_hw"]
+    assert [o.name for o in graph.output] == ["logits", "pass_logits", "boxes", "scores", "fallback"]
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch size stays free
+    meta = json.loads((exported / "samsp_onnx.json").read_text())
+    assert meta["backbone"] == "tiny" and meta["input_size"] == 128
+    assert meta["normalization"] == {
+        "kind": "imagenet",
+        "mean": [123.675, 116.28, 103.53],
+        "std": [58.395, 57.12, 57.375],
+    }
+    assert meta["threshold"] == 0.5 and meta["iterations"] == 1 and meta["empty_fallback"] == "no_prompt"
+    assert meta["opset"] >= 17 and meta["samsp_version"] == samsp.__version__
+    assert meta["exported_from"] == str((run / "best").resolve())
+    assert meta["ort_max_abs_prob_diff"] < 1e-4
+
+
+def test_onnx_runtime_predicts_what_pytorch_predicts(run, exported, images):
+    torch_preds = Predictor(SamSP.from_pretrained(run), batch_size=4).predict_batch(images)
+    onnx_preds = OnnxPredictor(exported, batch_size=4).predict_batch(images)
+    assert_same_predictions(torch_preds, onnx_preds)
+    assert any(p.box is not None for p in onnx_preds)  # the self-prompted pass was exercised
+    assert all(p.mask.shape == im.shape[:2] for p, im in zip(onnx_preds, images, strict=True))
+
+
+def test_the_batch_size_does_not_change_a_prediction(exported, images):
+    one = OnnxPredictor(exported, batch_size=1).predict_batch(images[:3])
+    three = OnnxPredictor(exported, batch_size=3).predict_batch(images[:3])
+    for a, b in zip(one, three, strict=True):
+        assert np.abs(a.probability - b.probability).max() < 1e-5
+        assert np.array_equal(a.mask, b.mask) and np.array_equal(a.box, b.box)
+
+
+@pytest.mark.parametrize("fallback", ["no_prompt", "full_box"])
+def test_an_empty_first_pass_takes_the_same_fallback_in_both_engines(fallback, images, tmp_path):
+    torch.manual_seed(0)  # a random model's logits stay far below the logit of 0.999: pass 0 is always empty
+    config = ModelConfig(backbone="tiny", threshold=0.999, empty_fallback=fallback, iterations=2)
+    model = SamSP(config).eval()
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "onnx")
+    torch_preds = Predictor(model).predict_batch(images[:3])
+    onnx_preds = OnnxPredictor(tmp_path / "onnx").predict_batch(images[:3])
+    assert all(p.fallback and p.box is None and len(p.pass_masks) == 3 for p in torch_preds + onnx_preds)
+    assert_same_predictions(torch_preds, onnx_preds)
+    if fallback == "no_prompt":  # y2 = y1 = y0
+        assert all(np.array_equal(p.pass_masks[0], p.pass_masks[2]) for p in onnx_preds)
+
+
+def test_samsp_predict_with_the_onnx_engine_writes_what_the_torch_engine_writes(run, exported, dataset, tmp_path):
+    images = str(dataset / "images")
+    assert main(["predict", "--model", str(run), images, "--out", str(tmp_path / "torch")]) == 0
+    assert main(["predict", "--engine", "onnx", "--model", str(exported), images, "--out", str(tmp_path / "ort")]) == 0
+    for path in sorted((tmp_path / "torch" / "masks").iterdir()):
+        a = np.asarray(read_image(path))[..., 0] > 0
+        b = np.asarray(read_image(tmp_path / "ort" / "masks" / path.name))[..., 0] > 0
+        assert dice(a, b) >= 0.999
+    assert (tmp_path / "ort" / "overlays" / "case_00.png").is_file()
+    rows = (tmp_path / "ort" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == (tmp_path / "torch" / "predictions.csv").read_text().splitlines()[0] and len(rows) == 9
+
+
+def test_onnx_engine_errors_are_one_line(run, exported, dataset, tmp_path, capsys):
+    image = str(dataset / "images" / "case_00.png")
+    assert main(["predict", "--engine", "onnx", "--model", str(run), image, "--out", str(tmp_path)]) == 2
+    assert "samsp_onnx.json: not found" in capsys.readouterr().err
+    flips = ["predict", "--engine", "onnx", "--model", str(exported), image, "--out", str(tmp_path), "--flips"]
+    assert main(flips) == 2
+    assert "--flips: not available with --engine onnx" in capsys.readouterr().err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "samsp_onnx.json").write_text("{not json")
+    broken = ["predict", "--engine", "onnx", "--model", str(tmp_path / "broken"), image, "--out", str(tmp_path)]
+    assert main(broken) == 2
+    assert "samsp_onnx.json: not a samsp ONNX export description" in capsys.readouterr().err
+
+
+def test_the_onnx_engine_runs_without_torch(exported, dataset):
+    image = dataset / "images" / "case_01.png"
+    code = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "from samsp.data.io import read_image\n"
+        "from samsp.inference.onnx_engine import OnnxPredictor\n"
+        f"p = OnnxPredictor({str(exported)!r}).predict(read_image({str(image)!r}))\n"
+        "print(json.dumps([float(p.probability.sum()), p.score, p.fallback]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(samsp.__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    expected = OnnxPredictor(exported).predict(read_image(image))
+    total, score, fallback = json.loads(done.stdout)
+    assert total == pytest.approx(float(expected.probability.sum()), rel=1e-6)
+    assert score == pytest.approx(expected.score) and fallback == expected.fallback
+
+
+@pytest.mark.parametrize("name", ["tiny", "litemedsam"])
+def test_numpy_preprocessing_matches_the_torch_preprocessing(name):
+    backbone = get_backbone(name)
+    rng = np.random.default_rng(0)
+    for h, w in ((300, 451), (77, 201), (200, 64), (backbone.img_size, backbone.img_size)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        a, frame = preprocess.preprocess(image, backbone)
+        b, frame_np = preprocess_numpy.preprocess(image, backbone.img_size, backbone.normalization)
+        assert frame == frame_np
+        resized_a = preprocess.resize_image(image, backbone.img_size).permute(1, 2, 0).numpy().astype(int)
+        resized_b = preprocess_numpy.resize_image(image, backbone.img_size).astype(int)
+        assert np.abs(resized_a - resized_b).max() <= 1 and (resized_a != resized_b).mean() < 1e-4
+        assert np.abs(a.numpy() - b).max() < 0.02  # one grey level at most, after normalisation
+        logits = torch.randn(backbone.img_size, backbone.img_size, generator=torch.Generator().manual_seed(h)) * 5
+        back = preprocess_numpy.postprocess(logits.numpy(), frame)
+        assert np.abs(preprocess.postprocess(logits, frame).numpy() - back).max() < 1e-4
+
+
+def test_litemedsam_on_real_images_gives_the_same_masks_in_both_engines(shared_data, tmp_path):
+    paths = sorted((shared_data / "kvasir-seg" / "images").glob("*.jpg"))[:3]
+    images = [read_image(p) for p in paths]
+    # LoRA starts at zero, so this is the bundled LiteMedSAM, whose pass 0 finds nothing (logits below -18); a
+    # threshold of logit -19.6 makes its top ~1% the pass-0 mask, so the box-prompted pass runs in both engines
+    SamSP(ModelConfig(threshold=3e-9)).save_pretrained(tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "onnx")
+    model = SamSP.from_pretrained(tmp_path / "model")
+    engine = OnnxPredictor(tmp_path / "onnx")
+    torch_preds, onnx_preds = Predictor(model).predict_batch(images), engine.predict_batch(images)
+    assert not any(p.fallback for p in torch_preds)
+    assert_same_predictions(torch_preds, onnx_preds)
+
+    # the graph alone, given the very same input: the resize's rare one-grey-level rounding differences (a few
+    # values per image) are what the engines' probabilities differ by beyond this
+    prepared = [preprocess.preprocess(im, model.backbone) for im in images]
+    x, valid = torch.stack([x for x, _ in prepared]), torch.tensor([f.resized_hw for _, f in prepared])
+    with torch.no_grad():
+        expected = torch.stack(model(images=x, valid_hw=valid).logits, dim=1).numpy()
+    got = engine.session.run(["pass_logits"], {"images": x.numpy(), "valid_hw": valid.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-3  # logits of magnitude ~20
