@@ -16,3 +16,7 @@ class DataError(SamspError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class ImageTooLarge(DataError):
+    """An image over the pixel limit, refused from its header before it is decoded."""

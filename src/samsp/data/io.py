@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from samsp.errors import DataError
+from samsp.errors import DataError, ImageTooLarge
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 # What a client may upload: the raster formats samsp reads (README), and no decoder that calls other programs.
@@ -55,13 +55,13 @@ def decode_pil(
             # Pillow raises only above twice its limit (and warns below); we refuse anything above ours, before
             # decoding. No warnings.catch_warnings here: it is not thread-safe and callers decode in threads.
             if limit is not None and opened.width * opened.height > limit:
-                raise DataError(name, f"{too_large} (it is {opened.width}x{opened.height})")
+                raise ImageTooLarge(name, f"{too_large} (it is {opened.width}x{opened.height})")
             if getattr(opened, "n_frames", 1) > 1:
                 raise DataError(name, f"has {opened.n_frames} frames; save the one image or mask it holds on its own")
             opened.load()
             img = ImageOps.exif_transpose(opened)  # a decoded copy, so the stream can close here
     except Image.DecompressionBombError as e:
-        raise DataError(name, f"{too_large} ({e})") from e
+        raise ImageTooLarge(name, f"{too_large} ({e})") from e
     except UnidentifiedImageError as e:
         raise DataError(name, "not an image Pillow can read (wrong extension or unsupported format)") from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
