@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import ModelConfig
 from .backbones import BACKBONES
 
 CARD_NAME = "README.md"
@@ -86,16 +87,13 @@ def card_from_meta(meta: dict, name: str) -> ModelCard:
     settings = dict(meta.get("trained_as") or meta["model"])  # an export records the settings it was trained with
     data = meta.get("data") or {}
     backbone = str(settings.get("backbone"))
-    iterations = settings.get("infer_iterations")
-    if iterations is None:
-        iterations = settings.get("iterations", 1)
     return ModelCard(
         name=name,
         backbone=backbone,
         input_size=BACKBONES[backbone].img_size if backbone in BACKBONES else None,
         strategy=str(settings.get("strategy")),
         format=str(meta.get("format", "trainable")),
-        iterations=int(iterations) if settings.get("self_prompt", True) else 0,
+        iterations=ModelConfig(**settings).inference_iterations,
         data=data.get("source"),
         train_ids=data.get("train_ids"),
         train_images=data.get("train_images"),
