@@ -12,7 +12,6 @@ import io
 import re
 import time
 import zipfile
-from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated
 
@@ -59,18 +58,12 @@ def create_app(
     folder = resources.files(__package__).joinpath("static")
     page = {name: folder.joinpath(name).read_bytes() for name in (*STATIC, "index.html")}
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        yield
-        worker.close()
-
     app = FastAPI(
         title="samsp",
         version=__version__,
         summary="Segment images with no prompt (SAM-SP).",
         docs_url=None,  # the interactive docs load scripts from a CDN; /openapi.json is the reference
         redoc_url=None,
-        lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
     if allowed_hosts:

@@ -62,10 +62,6 @@ class ModelWorker:
         finally:
             self.queued -= 1
 
-    def close(self) -> None:
-        """Drop the calls still waiting and let the thread end."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
 
 def client_name(filename: str | None) -> str:
     """A client's file name for messages and answers: no folders, no control characters, at most 200 characters."""
