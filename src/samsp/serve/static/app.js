@@ -119,7 +119,8 @@ function fill(card, answer) {
   card.querySelector(".score").textContent = answer.score.toFixed(3);
   card.querySelector(".area").textContent = `${(100 * answer.foreground).toFixed(1)} %`;
   card.querySelector(".box").textContent = answer.box ? answer.box.map((v) => Math.round(v)).join(", ") : "none";
-  card.querySelector(".time").textContent = `${Math.round(answer.milliseconds)} ms`;
+  const ms = answer.milliseconds;
+  card.querySelector(".time").textContent = ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
   card.querySelector(".warning").hidden = !answer.fallback;
   const name = `${stemOf(answer.filename)}.png`;
   const link = card.querySelector(".download");
