@@ -23,6 +23,7 @@ from PIL import Image
 from servers import serving
 
 from samsp import Predictor, SamSP
+from samsp.cli import main
 from samsp.data import decode_image, read_image
 from samsp.inference.outputs import overlay
 from samsp.modeling.card import read_card
@@ -235,6 +236,12 @@ def test_other_host_names_are_refused(model, tiny_model_dir):
     with TestClient(app, base_url="http://127.0.0.1:8000") as client:
         assert client.get("/api/health").status_code == 200
         assert client.get("/api/health", headers={"host": "attacker.example"}).status_code == 400
+
+
+def test_serve_without_a_model_is_one_line(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model folder not found" in err
 
 
 # ---------------------------------------------------------------- one model, requests queue

@@ -110,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     _train_parser(sub)
 
     e = sub.add_parser("evaluate", help="prompt-free metrics of a model, or of any folder of predicted masks")
-    e.add_argument("--model", help="run or export folder")
+    e.add_argument("--model", help="run or export folder, or a Hugging Face Hub repo id (user/name)")
     e.add_argument("--ids", help="evaluate only the ids listed in this file (one per line)")
     e.add_argument("--pred", help="folder of predicted masks (instead of --model)")
     e.add_argument("--gt", help="folder of ground-truth masks (with --pred)")
@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     _data_options(e)
 
     r = sub.add_parser("predict", help="segment images with no prompt")
-    r.add_argument("--model", required=True, help="run or export folder")
+    r.add_argument("--model", required=True, help="run or export folder, or a Hugging Face Hub repo id (user/name)")
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
     r.add_argument("--no-overlay", action="store_true", help="write masks only")

@@ -57,6 +57,8 @@ def training_data(run_dir: Path) -> dict:
         data = config["data"]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
         return {}
+    if not isinstance(data, dict):
+        return {}
     source = data.get("csv") or data.get("path")
     record = {"source": Path(str(source)).name if source else None}
     if data.get("train_ids"):
@@ -126,7 +128,7 @@ def card_rows(card: ModelCard) -> list[tuple[str, str]]:
     dice = "not recorded" if card.val_dice is None else f"{card.val_dice:.3f} (no prompt)"
     if card.val_dice is not None and card.epoch is not None:
         dice += f", epoch {card.epoch}"
-    form = "every weight (merged export)" if card.format == "full" else "trained tensors only (LoRA, decoder)"
+    form = "every weight (merged export)" if card.format == "full" else "trained tensors; the rest from the base model"
     return [
         ("backbone", f"{card.backbone}{size}"),
         ("encoder training", card.strategy),
@@ -153,9 +155,8 @@ tags:
 
 # {card.name}
 
-A samsp model: the Segment Anything Model ({card.backbone}) fine-tuned with SAM-SP to
-segment images **with no prompt**. It decodes once with no prompt, then again prompted by the box of its own
-first mask.
+A samsp model: the Segment Anything Model ({card.backbone}) fine-tuned with SAM-SP to segment images **with no
+prompt**. It decodes once with no prompt, then again prompted by the box of its own first mask.
 
 | | |
 |---|---|

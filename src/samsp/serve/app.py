@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import DataError, ImageTooLarge
 from ..inference.outputs import rows_csv, summary_row
+from ..inference.predictor import Prediction
 from ..modeling.card import ModelCard, card_rows
 from .schemas import ErrorOut, HealthOut, InfoOut, LimitsOut, PredictionOut
 from .worker import Limits, ModelWorker, Segmenter, client_name, segment_upload
@@ -118,7 +119,7 @@ def create_app(
     async def model_info() -> InfoOut:
         return info
 
-    async def predict_one(upload: UploadFile, overlays: bool):
+    async def predict_one(upload: UploadFile, overlays: bool) -> tuple[PredictionOut, Prediction]:
         name = client_name(upload.filename)
         kind = upload.content_type or ""
         if not IMAGE_TYPES.fullmatch(kind):
@@ -149,6 +150,7 @@ def create_app(
         responses={200: {"content": {"application/zip": {}}, "description": "masks/*.png and predictions.csv"}}
         | ERRORS,
         summary="Segment several images; a zip of their mask PNGs and a CSV of scores and boxes",
+        description="The images are segmented in order; one that cannot be used refuses the request, naming it.",
     )
     async def predict_zip(
         files: Annotated[list[UploadFile], File(description="the images, each as a field called files")],
