@@ -302,7 +302,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=30_000, suppress_health_check=list(HealthCheck))  # ms per example
 def test_api_keeps_to_its_schema(case):
     # Every other check runs: no 5xx, documented status codes, content types and bodies. Any bytes fit the
     # schema's "binary" file, but only a decodable image can be accepted, so schema-valid data may get a 4xx.

@@ -77,8 +77,8 @@ async function run() {
       const body = new FormData();
       body.append("file", file, file.name);
       const response = await fetch("/api/predict?overlays=true", { method: "POST", body });
-      const answer = await response.json();
-      if (!response.ok) throw new Error(answer.detail || `error ${response.status}`);
+      const answer = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(answer.detail || `the server answered ${response.status}`);
       fill(card, answer);
     } catch (error) {
       fail(card, error.message);
@@ -88,6 +88,7 @@ async function run() {
   }
   running = false;
   showProgress();
+  pollHealth();
 }
 
 function newCard(name) {
