@@ -19,3 +19,14 @@ def shared_data() -> Path:
             "repository or set SAMSP_SHARED_DATA to the folder holding kvasir-seg/ and cvc-clinicdb-256/"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random SAM-SP model saved as a model folder (what `samsp serve --model` takes); fast on a CPU."""
+    import torch
+
+    from samsp import ModelConfig, SamSP
+
+    torch.manual_seed(0)
+    return SamSP(ModelConfig(backbone="tiny")).save_pretrained(tmp_path_factory.mktemp("models") / "tiny")

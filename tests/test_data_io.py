@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samsp.data import build_augment, read_image, read_mask, read_pair
+from samsp.data import build_augment, decode_image, read_image, read_mask, read_pair
 from samsp.errors import DataError, SamspError
 
 
@@ -69,6 +70,36 @@ def test_size_mismatch_names_mask(tmp_path):
     Image.new("L", (31, 20)).save(tmp_path / "a_mask.png")
     with pytest.raises(DataError, match=r"a_mask.png: mask is 31x20.*a.png is 30x20"):
         read_pair(tmp_path / "a.png", tmp_path / "a_mask.png")
+
+
+# ---------------------------------------------------------------- uploads: the same checks on bytes
+def _png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_decoded_bytes_equal_the_file(tmp_path):
+    rng = np.random.default_rng(1)
+    data = _png_bytes(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8), "JPEG")
+    (tmp_path / "a.jpg").write_bytes(data)
+    np.testing.assert_array_equal(decode_image(io.BytesIO(data), "a.jpg"), read_image(tmp_path / "a.jpg"))
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "0 bytes"),
+        (b"this is not an image\n", "not an image"),
+        (_png_bytes(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))[:2000], "truncated"),
+        (_png_bytes(np.zeros((50, 50), np.uint8)), "too large"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "not an image"),  # no Ghostscript for clients
+    ],
+    ids=["empty", "text", "truncated", "over-the-pixel-limit", "eps"],
+)
+def test_bad_uploads_name_the_upload(data, problem):
+    with pytest.raises(DataError, match=f"upload.png.*{problem}"):
+        decode_image(io.BytesIO(data), "upload.png", max_pixels=2000)
 
 
 # ---------------------------------------------------------------- odd but valid images

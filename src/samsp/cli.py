@@ -27,9 +27,10 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-unpaired", action="store_true", help="leave unpaired images out with a warning")
 
 
-def _inference_options(parser: argparse.ArgumentParser) -> None:
-    """The prediction options evaluate and predict share (they mean what samsp.Predictor's arguments mean)."""
-    parser.add_argument("--batch-size", type=int, default=4)
+def _inference_options(parser: argparse.ArgumentParser, batches: bool = True) -> None:
+    """The prediction options evaluate, predict and serve share (they mean what samsp.Predictor's arguments mean)."""
+    if batches:
+        parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--iterations", type=int, help="self-prompting iterations (default: as trained)")
     parser.add_argument(
         "--precision",
@@ -126,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     _train_parser(sub)
 
     e = sub.add_parser("evaluate", help="prompt-free metrics of a model, or of any folder of predicted masks")
-    e.add_argument("--model", help="run or export folder")
+    e.add_argument("--model", help="run or export folder, or a Hugging Face Hub repo id (user/name)")
     e.add_argument("--ids", help="evaluate only the ids listed in this file (one per line)")
     e.add_argument("--pred", help="folder of predicted masks (instead of --model)")
     e.add_argument("--gt", help="folder of ground-truth masks (with --pred)")
@@ -141,7 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     _data_options(e)
 
     r = sub.add_parser("predict", help="segment images with no prompt")
-    r.add_argument("--model", required=True, help="run or export folder")
+    r.add_argument("--model", required=True, help="run or export folder, or a Hugging Face Hub repo id (user/name)")
     r.add_argument("inputs", nargs="+", help="image files or folders")
     r.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
     r.add_argument("--no-overlay", action="store_true", help="write masks only")
@@ -167,6 +168,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("folder", nargs="?", help="folder with images/ and masks/ (the same as --data)")
     c.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, in-process)")
     _data_options(c)
+
+    s = sub.add_parser("serve", help="a web page and an HTTP API for a model (needs samsp[serve])")
+    s.add_argument("--model", required=True, help="run or export folder, or a Hugging Face Hub repo id (user/name)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=20, help="largest request body (default: 20 MiB)")
+    s.add_argument("--max-megapixels", type=float, default=40, help="largest image (default: 40 megapixels)")
+    _inference_options(s, batches=False)
+
+    h = sub.add_parser("push", help="upload a model and its card to the Hugging Face Hub")
+    h.add_argument("--model", required=True, help="run, checkpoint or export folder")
+    h.add_argument("--repo", required=True, help="Hub repository id, user/name (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repository as private")
 
     d = sub.add_parser("demo", help="the main job: SAM-SP on Kvasir-SEG vs zero-shot LiteMedSAM (~15 min CPU)")
     d.add_argument("--data", help="Kvasir-SEG folder (default: download it, with a network)")
@@ -263,6 +277,26 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _serve(args: argparse.Namespace) -> None:
+    try:
+        from .serve.server import serve
+        from .serve.worker import Limits
+    except ImportError as err:
+        raise SamspError(f"samsp serve needs FastAPI and uvicorn ({err}): pip install 'samsp[serve]'") from err
+
+    if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
+        raise SamspError("--max-upload-mb and --max-megapixels must be positive")
+    limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
+    serve(args.model, args.host, args.port, args.precision, args.iterations, args.flips, args.checkpoint, limits)
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .modeling.persistence import push_to_hub
+
+    url = push_to_hub(args.model, args.repo, private=args.private)
+    print(f"uploaded {args.model} to {url}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from .demo import format_rows, run_demo
 
@@ -282,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         "predict": _predict,
         "export": _export,
         "check-data": _check,
+        "serve": _serve,
+        "push": _push,
         "demo": _demo,
     }
     try:

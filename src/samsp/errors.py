@@ -18,6 +18,10 @@ class DataError(SamspError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class ImageTooLarge(DataError):
+    """An image over the pixel limit, refused from its header before it is decoded."""
+
+
 class Preempted(Exception):  # noqa: N818 (not an error: the run stopped on request and can be resumed)
     """Training stopped on SIGTERM/SIGUSR1 after saving a resumable checkpoint."""
 

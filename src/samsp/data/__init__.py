@@ -4,7 +4,7 @@ from samsp.lazy import lazy_exports
 
 _PUBLIC = {
     **dict.fromkeys(("CheckReport", "Problem", "check_pairs"), "checks"),
-    **dict.fromkeys(("load_pil", "read_image", "read_mask", "read_pair", "require_same_size"), "io"),
+    **dict.fromkeys(("decode_image", "load_pil", "read_image", "read_mask", "read_pair", "require_same_size"), "io"),
     **dict.fromkeys(("DATASETS", "default_cache_dir", "fetch", "pranet_split"), "named"),
     **dict.fromkeys(("IMAGE_EXTENSIONS", "Pair", "find_images", "find_pairs", "is_image_file"), "pairs"),
     **dict.fromkeys(("random_split", "read_csv_pairs", "read_id_list", "select", "write_split"), "splits"),

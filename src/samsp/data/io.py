@@ -7,15 +7,19 @@ photo and its mask line up the way a viewer shows them.
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from samsp.errors import DataError
+from samsp.errors import DataError, ImageTooLarge
 
 _HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# What a client may upload: the raster formats samsp reads (README), and no decoder that calls other programs.
+UPLOAD_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP", "PPM")
 
 
 def load_pil(path: str | Path) -> Image.Image:
@@ -23,26 +27,45 @@ def load_pil(path: str | Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise DataError(path, "file is empty (0 bytes); re-export or re-download it")
-    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        stream = path.open("rb")
+    except OSError as e:
+        raise DataError(path, f"cannot open the file ({e.strerror or e})") from e
+    with stream:
+        return decode_pil(stream, path)
+
+
+def decode_pil(
+    stream: BinaryIO, name: str | Path, max_pixels: int | None = None, formats: tuple[str, ...] | None = None
+) -> Image.Image:
+    """Fully decode and EXIF-orient an image from a seekable binary stream; every failure is a DataError.
+
+    `name` only labels the errors (an upload's file name, a path). `max_pixels` (default: Pillow's
+    `Image.MAX_IMAGE_PIXELS`) is checked from the header before anything is decoded; `formats` restricts which
+    Pillow decoders may be tried (None: all).
+    """
+    stream.seek(0, io.SEEK_END)
+    if stream.tell() == 0:
+        raise DataError(name, "file is empty (0 bytes); re-export or re-download it")
+    stream.seek(0)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     too_large = f"image is too large to decode safely; downscale it below {limit} pixels"
     try:
-        with Image.open(path) as opened:
-            # Pillow raises only above twice the limit (and warns below); we refuse anything above it, before
+        with Image.open(stream, formats=formats) as opened:
+            # Pillow raises only above twice its limit (and warns below); we refuse anything above ours, before
             # decoding. No warnings.catch_warnings here: it is not thread-safe and callers decode in threads.
             if limit is not None and opened.width * opened.height > limit:
-                raise DataError(path, f"{too_large} (it is {opened.width}x{opened.height})")
+                raise ImageTooLarge(name, f"{too_large} (it is {opened.width}x{opened.height})")
             if getattr(opened, "n_frames", 1) > 1:
-                raise DataError(path, f"has {opened.n_frames} frames; save the one image or mask it holds on its own")
+                raise DataError(name, f"has {opened.n_frames} frames; save the one image or mask it holds on its own")
             opened.load()
-            img = ImageOps.exif_transpose(opened)  # a decoded copy, so the file can close here
+            img = ImageOps.exif_transpose(opened)  # a decoded copy, so the stream can close here
     except Image.DecompressionBombError as e:
-        raise DataError(path, f"{too_large} ({e})") from e
+        raise ImageTooLarge(name, f"{too_large} ({e})") from e
     except UnidentifiedImageError as e:
-        raise DataError(path, "not an image Pillow can read (wrong extension or unsupported format)") from e
+        raise DataError(name, "not an image Pillow can read (wrong extension or unsupported format)") from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise DataError(path, f"cannot decode image, the file is truncated or corrupt ({e})") from e
+        raise DataError(name, f"cannot decode image, the file is truncated or corrupt ({e})") from e
     return img
 
 
@@ -56,15 +79,29 @@ def _to_uint8_by_max(arr: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read any image as (H, W, 3) uint8 RGB.
+    """Read any image file as (H, W, 3) uint8 RGB (see `to_rgb` for how each mode is converted)."""
+    return to_rgb(load_pil(path), path)
+
+
+def decode_image(
+    stream: BinaryIO, name: str, max_pixels: int | None = None, formats: tuple[str, ...] | None = UPLOAD_FORMATS
+) -> np.ndarray:
+    """Decode image bytes from a client (an upload) as (H, W, 3) uint8 RGB, with the checks `load_pil` makes.
+
+    `name` only labels the errors; no path is ever opened. Only the formats in `formats` are tried (by default
+    the common raster formats, so no decoder that runs external programs is reachable from a client).
+    """
+    return to_rgb(decode_pil(stream, name, max_pixels, formats), name)
+
+
+def to_rgb(img: Image.Image, name: str | Path) -> np.ndarray:
+    """A decoded image as (H, W, 3) uint8 RGB.
 
     Grayscale is replicated to 3 channels, 16-bit/32-bit/float grayscale is scaled by its maximum (not
     clipped), palette images are expanded through their palette, CMYK/YCbCr are converted, and transparency
     (RGBA, LA, palette with a transparent colour) is composited on black so that hidden pixels under alpha 0
     cannot leak in.
     """
-    path = Path(path)
-    img = load_pil(path)
     try:
         if img.mode in _HIGH_BIT_MODES:
             gray = _to_uint8_by_max(np.asarray(img))
@@ -76,7 +113,7 @@ def read_image(path: str | Path) -> np.ndarray:
             return np.ascontiguousarray(rgb.astype(np.uint8))
         return np.ascontiguousarray(np.asarray(img.convert("RGB")))
     except (ValueError, OSError) as e:
-        raise DataError(path, f"cannot convert image mode {img.mode} to RGB ({e})") from e
+        raise DataError(name, f"cannot convert image mode {img.mode} to RGB ({e})") from e
 
 
 def read_mask(path: str | Path) -> np.ndarray:

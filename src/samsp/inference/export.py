@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..modeling.persistence import resolve_model_dir
+from ..modeling.card import provenance
+from ..modeling.persistence import read_model_meta, resolve_model_dir
 from ..modeling.sam_sp import SamSP
 from .prediction import BatchPredictor
 from .predictor import Predictor
@@ -33,6 +34,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path) -> tuple[Path, floa
         "trained_as": asdict(model.config),
         "merge_max_abs_prob_diff": diff,
         "torch": torch.__version__,
+        **provenance(source, read_model_meta(source)),  # what it was trained on and its validation Dice
     }
     merged.save_pretrained(out_dir, full=True, extra=extra)
     return Path(out_dir), diff

@@ -6,6 +6,7 @@ It takes either engine (`Predictor`, `OnnxPredictor`) and imports no torch itsel
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image, ImageDraw
 from ..data.io import read_image
 from ..data.pairs import find_images
 from ..errors import SamspError
-from ..files import atomic_path
+from ..files import atomic_path, write_text_atomic
 from ..progress import Progress
 from .prediction import BatchPredictor, Prediction
 
@@ -32,6 +33,11 @@ def overlay(image: np.ndarray, pred: Prediction) -> Image.Image:
         width = max(2, round(max(image.shape[:2]) / 250))
         draw.rectangle([float(v) for v in pred.box], outline=(255, 220, 0), width=width)
     return picture
+
+
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A binary mask as the 8-bit grayscale picture samsp writes: 255 inside, 0 outside."""
+    return Image.fromarray((mask * 255).astype(np.uint8))
 
 
 def summary_row(pred: Prediction) -> dict:
@@ -74,7 +80,7 @@ def predict_files(
         chunk = paths[start : start + batch_size]
         images = [read_image(p) for p in chunk]
         for path, image, pred in zip(chunk, images, predictor.predict_batch(images), strict=True):
-            _save_png(Image.fromarray((pred.mask * 255).astype(np.uint8)), out_dir / "masks" / f"{path.stem}.png")
+            _save_png(mask_image(pred.mask), out_dir / "masks" / f"{path.stem}.png")
             if overlays:
                 _save_png(overlay(image, pred), out_dir / "overlays" / f"{path.stem}.png")
             rows.append({"image": str(path), "mask": f"masks/{path.stem}.png", **summary_row(pred)})
@@ -82,9 +88,15 @@ def predict_files(
     return rows
 
 
+def rows_csv(rows: list[dict]) -> str:
+    """CSV text with one row per dict (the first row's keys as header)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
     """A CSV with one row per dict (the first row's keys as header), replaced atomically."""
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_text_atomic(path, rows_csv(rows))

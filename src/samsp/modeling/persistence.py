@@ -1,8 +1,9 @@
-"""Saving and loading: a mixin that gives the network `save_pretrained` / `from_pretrained`, and nothing else.
+"""Saving, loading and sharing: `save_pretrained` / `from_pretrained` for the network, and `push_to_hub`.
 
-A model folder holds `samsp.json` (the ModelConfig and provenance) and `weights.safetensors`: only the trained
-tensors (LoRA, prompt encoder, mask decoder; the base weights come from the backbone's checkpoint) or, for an
-export, every weight. Weights are only ever read from safetensors.
+A model folder holds `samsp.json` (the ModelConfig and provenance), `weights.safetensors` (only the trained
+tensors: LoRA, prompt encoder, mask decoder, the base weights coming from the backbone's checkpoint; or, for an
+export, every weight) and `README.md`, its model card. Weights are only ever read from safetensors. A model can
+also be named by a Hugging Face Hub repository id ("user/name"), fetched into the Hub cache.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from .. import __version__
 from ..config import ModelConfig
 from ..errors import SamspError
 from ..files import atomic_path, write_text_atomic
+from . import hub
 from .backbones import key_problems
+from .card import CARD_NAME, card_markdown, read_card
 
 CONFIG_NAME = "samsp.json"
 WEIGHTS_NAME = "weights.safetensors"
@@ -41,7 +44,11 @@ class PretrainedMixin:
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
 
     def save_pretrained(self, directory: str | Path, full: bool = False, extra: dict | None = None) -> Path:
-        """Write samsp.json and weights.safetensors (only what was trained, or with `full` every weight)."""
+        """Write samsp.json, weights.safetensors (only what was trained, or with `full` every weight) and README.md.
+
+        `extra` adds provenance to samsp.json (epoch, val_dice, and `data`: what it was trained on), which the
+        model card shows.
+        """
         directory = Path(directory)
         state = self.full_state_dict() if full else self.trainable_state_dict()
         with atomic_path(directory / WEIGHTS_NAME) as tmp:
@@ -49,11 +56,13 @@ class PretrainedMixin:
         meta = {"samsp_version": __version__, "format": "full" if full else "trainable", "model": asdict(self.config)}
         meta.update(extra or {})
         write_text_atomic(directory / CONFIG_NAME, json.dumps(meta, indent=2))
+        write_text_atomic(directory / CARD_NAME, card_markdown(read_card(directory, meta)))
         return directory
 
     @classmethod
     def from_pretrained(cls, path: str | Path, checkpoint: str | Path | None = None, map_location: str = "cpu") -> Any:
-        """Load a saved model: a run folder (its best checkpoint), a checkpoint folder, or an export.
+        """Load a saved model: a run folder (its best checkpoint), a checkpoint folder, an export, or a Hugging
+        Face Hub repository id ("user/name", fetched into the Hub cache; offline, a cached copy is used).
 
         `checkpoint` replaces the base SAM weights' path recorded at training time. Raises SamspError naming the
         file when the folder, its config or its weights cannot be used.
@@ -103,7 +112,14 @@ def _read_weights(path: Path, map_location: str) -> dict[str, torch.Tensor]:
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """A run folder means its best checkpoint; a folder with samsp.json is used as it is."""
+    """A run folder means its best checkpoint; a folder with samsp.json is used as it is; a Hub repository id
+    that is not a local folder is fetched into the Hub cache."""
+    repo_id = path.as_posix()
+    if not path.exists() and hub.is_repo_id(repo_id):
+        folder = hub.download_snapshot(repo_id, [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME])
+        if not (folder / CONFIG_NAME).is_file():
+            raise SamspError(f"{repo_id}: the Hugging Face Hub repository has no {CONFIG_NAME}; not a samsp model")
+        return folder
     if (path / CONFIG_NAME).is_file():
         return path
     for sub in ("best", "last"):
@@ -112,3 +128,18 @@ def resolve_model_dir(path: Path) -> Path:
     if not path.exists():
         raise SamspError(f"{path}: model folder not found (give a run folder from `samsp train` or an export)")
     raise SamspError(f"{path}: no {CONFIG_NAME} here or in best/ or last/ (give a run or export folder)")
+
+
+def push_to_hub(path: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload a model (run, checkpoint or export folder) to the Hub repository `repo_id`; return its URL.
+
+    The model card README.md is written again first, so the repository's page says how to load it by its id.
+    """
+    if not hub.is_repo_id(repo_id):
+        raise SamspError(f"{repo_id!r} is not a Hugging Face Hub repository id (expected user/name)")
+    directory = resolve_model_dir(Path(path))
+    meta = read_model_meta(directory)
+    _read_weights(directory / WEIGHTS_NAME, "cpu")  # refuse to publish a missing or corrupt weights file
+    card = read_card(directory, meta, name=repo_id.split("/")[1])
+    write_text_atomic(directory / CARD_NAME, card_markdown(card, reference=repo_id))
+    return hub.upload_folder(directory, repo_id, [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME], private, token)

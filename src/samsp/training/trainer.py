@@ -29,6 +29,7 @@ from ..data.transforms import build_augment
 from ..errors import Preempted, SamspError
 from ..files import write_text_atomic
 from ..modeling.backbones import get_backbone
+from ..modeling.card import training_data
 from ..modeling.losses import samsp_loss
 from ..modeling.prompts import valid_region
 from ..modeling.sam_sp import SamSP
@@ -294,7 +295,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         row = self.progress["history"][-1]
-        extra = {"epoch": row["epoch"], "val_dice": row["val_dice"]}
+        extra = {"epoch": row["epoch"], "val_dice": row["val_dice"], "data": training_data(self.run_dir)}
         with disk_errors(self.run_dir):
             if improved:
                 self.core.save_pretrained(self.run_dir / "best", extra=extra)

@@ -1,0 +1,54 @@
+"""Load a model once and serve it with uvicorn: one process, one model, requests queued for it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from ..inference.predictor import Predictor
+from ..modeling.card import ModelCard, read_card
+from ..modeling.persistence import read_model_meta, resolve_model_dir
+from ..modeling.sam_sp import SamSP
+from .app import create_app
+from .worker import Limits
+
+log = logging.getLogger("samsp")
+LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
+
+
+def load_model(
+    model: str,
+    precision: str = "fp32",
+    iterations: int | None = None,
+    flips: bool = False,
+    checkpoint: str | None = None,
+) -> tuple[Predictor, ModelCard]:
+    """The predictor and card of a run folder, export or Hub repository id."""
+    directory = resolve_model_dir(Path(model))
+    card = read_card(directory, read_model_meta(directory), name=None if Path(model).exists() else model)
+    network = SamSP.from_pretrained(directory, checkpoint=checkpoint)
+    return Predictor(network, precision=precision, batch_size=1, iterations=iterations, flips=flips), card
+
+
+def serve(
+    model: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    precision: str = "fp32",
+    iterations: int | None = None,
+    flips: bool = False,
+    checkpoint: str | None = None,
+    limits: Limits | None = None,
+) -> None:
+    """Serve `model` on http://host:port until interrupted: the page at /, the API under /api/."""
+    predictor, card = load_model(model, precision, iterations, flips, checkpoint)
+    loopback = host in LOOPBACK_NAMES
+    passes = card.iterations if iterations is None else iterations
+    engine = {"engine": "torch", "precision": precision, "flips": flips, "iterations": passes}
+    app = create_app(predictor, card, limits, engine, allowed_hosts=LOOPBACK_NAMES if loopback else None)
+    if not loopback:
+        log.warning("serving on %s: anyone who can reach this machine can send images to the model", host)
+    log.info("serving %s (%s) on http://%s:%d", card.name, card.backbone, host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info")
