@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import DataError, ImageTooLarge
 from ..inference.outputs import rows_csv, summary_row
-from ..inference.predictor import Prediction
+from ..inference.prediction import Prediction
 from ..modeling.card import ModelCard, card_rows
 from .schemas import ErrorOut, HealthOut, InfoOut, LimitsOut, PredictionOut
 from .worker import Limits, ModelWorker, Segmenter, client_name, segment_upload

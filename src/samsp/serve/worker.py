@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..data.io import UPLOAD_FORMATS, decode_image
 from ..inference.outputs import mask_image, overlay, summary_row
-from ..inference.predictor import Prediction
+from ..inference.prediction import Prediction
 from .schemas import PredictionOut
 
 T = TypeVar("T")
