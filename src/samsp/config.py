@@ -253,7 +253,7 @@ def section_from_dict(cls: type, values: dict, where: str) -> Any:
     known = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in known:
-            raise SamspError(f"unknown setting '{where}.{key}'; known: {', '.join(known)}")
+            raise SamspError(f"unknown setting {f'{where}.{key}'!r}; known: {', '.join(known)}")
     return cls(**values)
 
 
@@ -263,7 +263,7 @@ def config_from_dict(values: dict) -> TrainConfig:
         raise SamspError("a config must be a mapping of sections (model, loss, data, optim, runtime)")
     for name in values:
         if name not in SECTIONS:
-            raise SamspError(f"unknown setting '{name}'; known sections: {', '.join(SECTIONS)}")
+            raise SamspError(f"unknown setting {str(name)!r}; known sections: {', '.join(SECTIONS)}")
     base = to_dict(TrainConfig())
     sections = {}
     for name, cls in SECTIONS.items():
@@ -298,9 +298,9 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     for text in overrides:
         section, key, raw = parse_override(text)
         if section not in values:
-            raise SamspError(f"unknown setting '{section}.{key}'; known sections: {', '.join(SECTIONS)}")
+            raise SamspError(f"unknown setting {f'{section}.{key}'!r}; known sections: {', '.join(SECTIONS)}")
         if key not in values[section]:
-            raise SamspError(f"unknown setting '{section}.{key}'; known: {', '.join(values[section])}")
+            raise SamspError(f"unknown setting {f'{section}.{key}'!r}; known: {', '.join(values[section])}")
         values[section][key] = raw
     return config_from_dict(values)
 
