@@ -119,13 +119,7 @@ def _train_parser(sub) -> None:
     _data_options(t)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="samsp", description="SAM that segments with no prompt (SAM-SP).")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    _train_parser(sub)
-
+def _evaluate_parser(sub) -> None:
     e = sub.add_parser("evaluate", help="prompt-free metrics of a model, or of any folder of predicted masks")
     e.add_argument("--model", help="run or export folder, or a Hugging Face Hub repo id (user/name)")
     e.add_argument("--ids", help="evaluate only the ids listed in this file (one per line)")
@@ -141,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
     _inference_options(e)
     _data_options(e)
 
+
+def _predict_parser(sub) -> None:
     r = sub.add_parser("predict", help="segment images with no prompt")
     r.add_argument("--model", required=True, help="run or export folder, or a Hugging Face Hub repo id (user/name)")
     r.add_argument("inputs", nargs="+", help="image files or folders")
@@ -154,6 +150,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     _inference_options(r)
 
+
+def _serve_parsers(sub) -> None:
+    """`serve` and `push`: a model for people and for the Hub."""
+    s = sub.add_parser("serve", help="a web page and an HTTP API for a model (needs samsp[serve])")
+    s.add_argument("--model", required=True, help="run or export folder, or a Hugging Face Hub repo id (user/name)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-upload-mb", type=float, default=20, help="largest request body (default: 20 MiB)")
+    s.add_argument("--max-megapixels", type=float, default=40, help="largest image (default: 40 megapixels)")
+    _inference_options(s, batches=False)
+
+    h = sub.add_parser("push", help="upload a model and its card to the Hugging Face Hub")
+    h.add_argument("--model", required=True, help="run, checkpoint or export folder")
+    h.add_argument("--repo", required=True, help="Hub repository id, user/name (created if missing)")
+    h.add_argument("--private", action="store_true", help="create the repository as private")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samsp", description="SAM that segments with no prompt (SAM-SP).")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    _predict_parser(sub)
     x = sub.add_parser("export", help="merge LoRA into the encoder and write a standalone model")
     x.add_argument("--model", required=True, help="run folder")
     x.add_argument("--out", required=True, help="export folder")
@@ -168,19 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("folder", nargs="?", help="folder with images/ and masks/ (the same as --data)")
     c.add_argument("--workers", type=int, default=0, help="decoding processes (default: 0, in-process)")
     _data_options(c)
-
-    s = sub.add_parser("serve", help="a web page and an HTTP API for a model (needs samsp[serve])")
-    s.add_argument("--model", required=True, help="run or export folder, or a Hugging Face Hub repo id (user/name)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--max-upload-mb", type=float, default=20, help="largest request body (default: 20 MiB)")
-    s.add_argument("--max-megapixels", type=float, default=40, help="largest image (default: 40 megapixels)")
-    _inference_options(s, batches=False)
-
-    h = sub.add_parser("push", help="upload a model and its card to the Hugging Face Hub")
-    h.add_argument("--model", required=True, help="run, checkpoint or export folder")
-    h.add_argument("--repo", required=True, help="Hub repository id, user/name (created if missing)")
-    h.add_argument("--private", action="store_true", help="create the repository as private")
+    _serve_parsers(sub)
 
     d = sub.add_parser("demo", help="the main job: SAM-SP on Kvasir-SEG vs zero-shot LiteMedSAM (~15 min CPU)")
     d.add_argument("--data", help="Kvasir-SEG folder (default: download it, with a network)")

@@ -55,10 +55,6 @@ def create_app(
     host name, which stops DNS-rebinding pages.
     """
     limits = limits or Limits()
-    worker = ModelWorker()
-    folder = resources.files(__package__).joinpath("static")
-    page = {name: folder.joinpath(name).read_bytes() for name in (*STATIC, "index.html")}
-
     app = FastAPI(
         title="samsp",
         version=__version__,
@@ -69,10 +65,19 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
-    info = InfoOut(
+    app.middleware("http")(security_headers)
+    app.add_exception_handler(RequestValidationError, one_line_validation_error)
+    add_page_routes(app)
+    add_api_routes(app, segmenter, limits, model_info(card, limits, engine or {}))
+    return app
+
+
+def model_info(card: ModelCard, limits: Limits, engine: dict) -> InfoOut:
+    """What /api/info answers: the card, how predictions run, the limits."""
+    return InfoOut(
         **dataclasses.asdict(card),
         card=[list(row) for row in card_rows(card)],
-        engine=engine or {},
+        engine=engine,
         limits=LimitsOut(
             max_upload_bytes=limits.max_bytes,
             max_pixels=limits.max_pixels,
@@ -81,25 +86,33 @@ def create_app(
         ),
     )
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.update(HEADERS)
-        return response
 
-    @app.exception_handler(RequestValidationError)
-    async def one_line_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-        kind = request.headers.get("content-type", "")
-        if request.method == "POST" and not kind.lower().startswith("multipart/form-data"):
-            detail = f"send the image as multipart/form-data (got {kind or 'no content type'})"
-            return JSONResponse({"detail": detail}, status_code=415)
-        first = err.errors()[0]
-        field = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query"))
-        if first.get("type") == "missing":
-            detail = f"missing form field '{field}': send the image as multipart/form-data field '{field}'"
-        else:
-            detail = f"{field}: {first.get('msg', 'invalid')}"
-        return JSONResponse({"detail": detail}, status_code=422)
+async def security_headers(request: Request, call_next):
+    """Every answer carries the security headers."""
+    response = await call_next(request)
+    response.headers.update(HEADERS)
+    return response
+
+
+async def one_line_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+    """A request FastAPI cannot validate: 415 for a body that is not multipart, else 422 naming the field."""
+    kind = request.headers.get("content-type", "")
+    if request.method == "POST" and not kind.lower().startswith("multipart/form-data"):
+        detail = f"send the image as multipart/form-data (got {kind or 'no content type'})"
+        return JSONResponse({"detail": detail}, status_code=415)
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query"))
+    if first.get("type") == "missing":
+        detail = f"missing form field '{field}': send the image as multipart/form-data field '{field}'"
+    else:
+        detail = f"{field}: {first.get('msg', 'invalid')}"
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+def add_page_routes(app: FastAPI) -> None:
+    """The page and its static files, read once from the package."""
+    folder = resources.files(__package__).joinpath("static")
+    page = {name: folder.joinpath(name).read_bytes() for name in (*STATIC, "index.html")}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -110,6 +123,11 @@ def create_app(
         if name not in STATIC:
             raise HTTPException(404, f"no page file called {name[:100]!r}")
         return Response(page[name], media_type=STATIC[name])
+
+
+def add_api_routes(app: FastAPI, segmenter: Segmenter, limits: Limits, info: InfoOut) -> None:
+    """/api/health, /api/info, /api/predict and /api/predict/zip; predictions queue for one model thread."""
+    worker = ModelWorker()
 
     @app.get("/api/health", response_model=HealthOut, summary="Is the server up, and how many requests wait")
     async def health() -> HealthOut:
@@ -132,10 +150,7 @@ def create_app(
             raise HTTPException(400, _one_line(err)) from err
 
     @app.post(
-        "/api/predict",
-        response_model=PredictionOut,
-        responses=ERRORS,
-        summary="Segment one image with no prompt",
+        "/api/predict", response_model=PredictionOut, responses=ERRORS, summary="Segment one image with no prompt"
     )
     async def predict(
         file: Annotated[UploadFile, File(description="the image (PNG, JPEG, TIFF, BMP, GIF, WebP, PPM)")],
@@ -167,8 +182,6 @@ def create_app(
             zf.writestr("predictions.csv", rows_csv(rows))
         headers = {"Content-Disposition": 'attachment; filename="masks.zip"'}
         return Response(archive.getvalue(), media_type="application/zip", headers=headers)
-
-    return app
 
 
 class BodyLimit:
