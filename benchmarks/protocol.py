@@ -35,7 +35,7 @@ from samsp.data.pairs import Pair, find_pairs
 from samsp.data.splits import select, write_split
 from samsp.evaluation.evaluate import EvalSet, evaluate, load_eval_set, predict_set
 from samsp.evaluation.metrics import image_metrics
-from samsp.inference.preprocess import postprocess
+from samsp.inference.preprocess import mask_in_frame, postprocess
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -124,7 +124,7 @@ def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dic
             first = torch.sigmoid(postprocess(out.logits[0][i], frame)).numpy()
             with_gt_box = torch.sigmoid(postprocess(oracle[i], frame)).numpy()
             h, w = frame.resized_hw
-            small_gt = _small_gt(gt, frame, size)
+            small_gt = mask_in_frame(gt, size).numpy()
             blobs, n_blobs = ndimage.label(pass0[i, :h, :w].numpy())
             fp_blobs = sum(1 for b in range(1, n_blobs + 1) if not small_gt[:h, :w][blobs == b].any())
             gt_parts = ndimage.label(gt)[1]
@@ -143,12 +143,6 @@ def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dic
             probs.append(final)
             drawings.append({"box": own_box[i].numpy(), "gt_box": gt_box[i].numpy(), "frame": frame})
     return rows, probs, drawings
-
-
-def _small_gt(gt: np.ndarray, frame, size: int) -> np.ndarray:
-    from samsp.inference.preprocess import pad_mask, resize_mask
-
-    return (pad_mask(resize_mask(gt, size), size) > 0.5).numpy()
 
 
 def _box_iou(a: torch.Tensor, b: torch.Tensor) -> float:

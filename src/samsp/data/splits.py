@@ -12,7 +12,7 @@ import numpy as np
 
 from samsp.data.pairs import IMAGE_EXTENSIONS, Pair
 from samsp.errors import DataError, SamspError
-from samsp.files import atomic_path
+from samsp.files import write_text_atomic
 
 
 def read_id_list(path: str | Path) -> list[str]:
@@ -122,5 +122,4 @@ def random_split(pairs: Sequence[Pair], val_fraction: float, seed: int) -> tuple
 
 def write_split(path: str | Path, pairs: Sequence[Pair]) -> None:
     """Write ids one per line, atomically: a crash must not leave a half-written split that later loads."""
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{p.id}\n" for p in pairs), encoding="utf-8")
+    write_text_atomic(path, "".join(f"{p.id}\n" for p in pairs))

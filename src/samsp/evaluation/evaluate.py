@@ -14,7 +14,7 @@ from ..data.pairs import Pair, find_pairs
 from ..data.prepared import decode_all
 from ..errors import SamspError
 from ..inference.predictor import Predictor
-from ..inference.preprocess import Frame, pad_mask, preprocess, resize_mask
+from ..inference.preprocess import Frame, mask_in_frame, preprocess
 from ..modeling.prompts import boxes_from_masks, full_boxes
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
@@ -43,7 +43,7 @@ def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> Eval
     def load(pair: Pair):
         image, gt = read_pair(pair.image, pair.mask)
         x, frame = preprocess(image, backbone)
-        small = pad_mask(resize_mask(gt, backbone.img_size), backbone.img_size) > 0.5
+        small = mask_in_frame(gt, backbone.img_size)
         return x, frame, gt, small
 
     loaded = decode_all(pairs, load, threads)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from samsp.evaluation.metrics import COUNT_NAMES, METRIC_NAMES, summarize
-from samsp.files import atomic_path
+from samsp.files import write_text_atomic
 
 
 def _json_safe(value: object) -> object:
@@ -37,10 +37,8 @@ def write_report(rows: Sequence[Mapping[str, object]], out_dir: str | Path, titl
         metrics = [f"{float(row[m]):.6f}" for m in METRIC_NAMES]
         counts = [str(int(float(row[c]))) for c in COUNT_NAMES]
         writer.writerow((row["id"], *metrics, *counts))
-    with atomic_path(out_dir / "per_image.csv") as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out_dir / "per_image.csv", buffer.getvalue())
+    write_text_atomic(out_dir / "summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
 
 

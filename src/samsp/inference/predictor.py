@@ -22,9 +22,14 @@ PRECISIONS: tuple[str, ...] = Precision.__args__
 
 def inference_precision(device: torch.device, precision: str):
     """The autocast context for a precision name; fp32 runs as it is."""
+    check_precision(precision)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def check_precision(precision: str) -> None:
+    """SamspError unless `precision` is one of PRECISIONS."""
     if precision not in PRECISIONS:
         raise SamspError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class Predictor:
@@ -44,8 +49,7 @@ class Predictor:
         iterations: int | None = None,
         flips: bool = False,
     ):
-        if precision not in PRECISIONS:
-            raise SamspError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        check_precision(precision)
         if batch_size < 1:
             raise SamspError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.precision, self.batch_size = model, precision, batch_size

@@ -55,6 +55,11 @@ def pad_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(mask.float(), (0, size - mask.shape[1], 0, size - mask.shape[0]))
 
 
+def mask_in_frame(mask: np.ndarray, size: int) -> torch.Tensor:
+    """HxW bool mask -> SxS bool in the input frame (resized like its image, zero-padded)."""
+    return pad_mask(resize_mask(mask, size), size) > 0.5
+
+
 def preprocess(image: np.ndarray, backbone: Backbone) -> tuple[torch.Tensor, Frame]:
     """One image (HxWx3 uint8 RGB) -> the model input (3xSxS float) and its frame."""
     resized = resize_image(image, backbone.img_size)
