@@ -268,18 +268,21 @@ def main() -> None:
                 else:
                     probs = predict_set(model, data)
                 evaluate(model, data, out / "eval" / tag / test, f"{name} ({test})", probs=probs)
-    if args.inference_levers:
-        tag = f"{slug((args.rows or list(ROWS))[0])}-s{args.seeds[0]}"
-        model = SamSP.from_pretrained(out / tag)
-        data = evalsets.get("val") or load_eval_set(split["val"], model)
-        trained = model.config
-        for lever, options in INFERENCE_LEVERS.items():
-            options = dict(options)
-            model.config = dataclasses.replace(trained, **options.pop("model", {}))
-            if not summary(out, tag, f"val-{slug(lever)}"):
-                evaluate(model, data, out / "eval" / tag / f"val-{slug(lever)}", lever, **options)
-        model.config = trained
+            if args.inference_levers and name == (args.rows or list(ROWS))[0] and seed == args.seeds[0]:
+                data = evalsets.get("val") or load_eval_set(split["val"], model)
+                score_inference_levers(model, data, out, tag)  # before the next row trains
     report(out, args)
+
+
+def score_inference_levers(model: SamSP, data: EvalSet, out: Path, tag: str) -> None:
+    """Score each inference setting of a trained model on the validation split."""
+    trained = model.config
+    for lever, options in INFERENCE_LEVERS.items():
+        options = dict(options)
+        model.config = dataclasses.replace(trained, **options.pop("model", {}))
+        if not summary(out, tag, f"val-{slug(lever)}"):
+            evaluate(model, data, out / "eval" / tag / f"val-{slug(lever)}", lever, **options)
+    model.config = trained
 
 
 def report(out: Path, args: argparse.Namespace) -> None:

@@ -68,7 +68,8 @@ def is_peft(module: nn.Module) -> bool:
 
 
 def set_trainable(model: nn.Module, strategy: str, stages: Sequence[str]) -> None:
-    """Freeze or unfreeze parameters for a training strategy. Prompt encoder and mask decoder always train."""
+    """Freeze or unfreeze parameters for a training strategy. Prompt encoder and mask decoder train, except the
+    IoU head."""
     if strategy not in STRATEGIES:
         raise SamspError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     for name, param in model.image_encoder.named_parameters():
@@ -80,3 +81,5 @@ def set_trainable(model: nn.Module, strategy: str, stages: Sequence[str]) -> Non
             param.requires_grad = False
     for module in (model.prompt_encoder, model.mask_decoder):
         module.requires_grad_(True)
+    # the SAM-SP loss never reaches the IoU head: its scores stay SAM's, and no process waits for its gradient
+    model.mask_decoder.iou_prediction_head.requires_grad_(False)

@@ -43,7 +43,7 @@ class Batches:
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
-            with autocast or contextlib.nullcontext():
+            with autocast() if autocast else contextlib.nullcontext():
                 self.features, self.items = self._cache(model, views, dtype)
 
     def _cache(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:

@@ -94,14 +94,14 @@ class Trainer:
                 row["val_dice"] = self.validate()
                 improved = self.on_epoch_end(epoch, row)
                 self.save_checkpoint(improved)
-                if self.stop_signal and epoch < self.epochs:  # signal in the last step or the validation
+                if self.stop_requested() and epoch < self.epochs:  # signal in the last step or the validation
                     raise Preempted(self.stop_signal, self.run_dir, epoch, self.steps)
         return self.finish()
 
     # ----- steps -----
     def setup(self) -> None:
         """Device and "auto" settings, accelerate, seed, logging, data pairs and the model."""
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
         from accelerate.state import AcceleratorState
 
         device = pick_device(self.config.runtime.device)
@@ -110,7 +110,11 @@ class Trainer:
         # accelerate keeps one precision per process; a sweep or test suite runs several trainings in one process
         AcceleratorState._reset_state()
         runtime = self.config.runtime
-        self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=runtime.mixed_precision)
+        # some trainable parameters sit out some steps (point embeddings under a box prompt, an empty pass 0)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+        self.accelerator = Accelerator(
+            cpu=device.type == "cpu", mixed_precision=runtime.mixed_precision, kwargs_handlers=[ddp]
+        )
         self.device = self.accelerator.device
         set_seed(runtime.seed)
         self.train_pairs, self.val_pairs = train_val_pairs(self.config.data, runtime.seed)  # bad data: no folder
@@ -122,6 +126,13 @@ class Trainer:
             len(self.val_pairs),
             self.config.data.path or self.config.data.csv,
         )
+        if self.accelerator.num_processes > 1:
+            log.info(
+                "%d processes (%s): global batch %d",
+                self.accelerator.num_processes,
+                self.accelerator.distributed_type.value,
+                self.accelerator.num_processes * self.config.optim.batch_size,
+            )
         self.model = SamSP(self.config.model).to(self.device)
 
     def cache(self) -> None:
@@ -130,25 +141,24 @@ class Trainer:
         augment = build_augment(data.augment)
         backbone = get_backbone(self.config.model.backbone)
         train_set = PreparedSet(self.train_pairs, backbone, augment, runtime.threads)
-        val_set = PreparedSet(self.val_pairs, backbone, None, runtime.threads)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        val_set = PreparedSet(self.val_pairs[rank::world], backbone, None, runtime.threads)
         use_cache = runtime.cache if runtime.cache != "auto" else model.prefix_stages > 0
         cacher = model if use_cache else None
         views = data.cache_views if augment is not None else 1
         dtype = getattr(torch, runtime.cache_dtype)
         started = time.perf_counter()
-        common = {"batch_size": self.config.optim.batch_size, "device": self.device, "dtype": dtype}
+        common = {
+            "batch_size": self.config.optim.batch_size,
+            "device": self.device,
+            "dtype": dtype,
+            "autocast": self.accelerator.autocast,
+        }
+        # every process holds the whole training cache (each epoch deals it out anew); validation is split
         self.train_batches = Batches(
-            train_set,
-            cacher,
-            views,
-            runtime.seed,
-            rank=self.accelerator.process_index,
-            world=self.accelerator.num_processes,
-            autocast=self.accelerator.autocast(),
-            workers=runtime.workers,
-            **common,
+            train_set, cacher, views, runtime.seed, rank=rank, world=world, workers=runtime.workers, **common
         )
-        self.val_batches = Batches(val_set, cacher, 1, runtime.seed, autocast=self.accelerator.autocast(), **common)
+        self.val_batches = Batches(val_set, cacher, 1, runtime.seed, **common)
         if use_cache:
             log.info(
                 "cached the frozen encoder prefix (%d of %d stages) for %d images x %d view(s) in %.0f s",
@@ -222,16 +232,30 @@ class Trainer:
                 sums[key] = sums.get(key, 0.0) + value
             steps.set_postfix(loss=f"{sums['loss'] / n:.4f}")
             self.progress.update(step=n, sums=sums)
-            if n < self.steps and (self.stop_signal or self.checkpoint_due(n, last_save)):
+            stop = self.stop_requested()
+            if n < self.steps and (stop or self.checkpoint_due(n, last_save)):
                 self.save_state()
                 last_save = time.perf_counter()
-                if self.stop_signal:
+                if stop:
                     raise Preempted(self.stop_signal, self.run_dir, epoch, n)
         self.progress.update(step=0, sums={})
+        if self.accelerator.num_processes > 1:  # the epoch's loss over every process's share
+            keys = list(sums)
+            mean = self.accelerator.reduce(torch.tensor([sums[k] for k in keys], device=self.device), "mean")
+            sums = dict(zip(keys, mean.tolist(), strict=True))
         row = {"epoch": epoch, **{k: v / self.steps for k, v in sums.items()}}
         row["lr"] = self.scheduler.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - start
         return row
+
+    def stop_requested(self) -> bool:
+        """Whether a preemption signal has arrived; several processes agree on it, so all stop after the same
+        step (one leaving early would strand the others in a collective)."""
+        if self.accelerator.num_processes > 1:
+            mine = signal.Signals[self.stop_signal].value if self.stop_signal else 0
+            agreed = int(self.accelerator.gather(torch.tensor([mine], device=self.device)).max())
+            self.stop_signal = signal.Signals(agreed).name if agreed else None
+        return self.stop_signal is not None
 
     def checkpoint_due(self, step: int, last_save: float) -> bool:
         """Whether the resumable state should be saved inside the epoch after `step`."""
@@ -248,14 +272,17 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean prompt-free Dice on the validation set, in the input frame."""
+        """Mean prompt-free Dice on the validation set, in the input frame; each process scores its share and the
+        sums are added up across processes."""
         self.core.eval()
-        scores = []
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # Dice sum, image count
         for batch in self.val_batches.epoch(0):
             out = self.core(**model_inputs(batch), valid_hw=batch["valid_hw"])
-            scores.append(dice_at_input(out.logits[-1], batch["mask"], batch["valid_hw"]))
+            dice = dice_at_input(out.logits[-1], batch["mask"], batch["valid_hw"])
+            total += torch.stack([dice.double().sum(), torch.tensor(len(dice), dtype=torch.float64)]).to(self.device)
         self.core.train()
-        return float(torch.cat(scores).mean()) if scores else float("nan")
+        total = self.accelerator.reduce(total, "sum")
+        return float(total[0] / total[1]) if total[1] else float("nan")
 
     def on_epoch_end(self, epoch: int, row: dict) -> bool:
         """Record the epoch, log it, re-plan a budgeted run; return whether validation improved."""
