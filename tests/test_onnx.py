@@ -143,13 +143,15 @@ def test_onnx_engine_errors_are_one_line(run, exported, dataset, tmp_path, capsy
     assert "samsp_onnx.json: not a samsp ONNX export description" in capsys.readouterr().err
 
 
-def test_the_onnx_engine_runs_without_torch(exported, dataset):
+def test_the_onnx_engine_runs_without_torch(exported, dataset, tmp_path):
     image = dataset / "images" / "case_01.png"
     code = (
         "import sys, json; sys.modules['torch'] = None\n"
         "from samsp.data.io import read_image\n"
+        "from samsp.inference.bulk import predict_files\n"
         "from samsp.inference.onnx_engine import OnnxPredictor\n"
         f"p = OnnxPredictor({str(exported)!r}).predict(read_image({str(image)!r}))\n"
+        f"predict_files(OnnxPredictor({str(exported)!r}), [{str(image)!r}], {str(tmp_path / 'out')!r})\n"
         "print(json.dumps([float(p.probability.sum()), p.score, p.fallback]))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(samsp.__file__).parents[1])}
@@ -159,6 +161,7 @@ def test_the_onnx_engine_runs_without_torch(exported, dataset):
     total, score, fallback = json.loads(done.stdout)
     assert total == pytest.approx(float(expected.probability.sum()), rel=1e-6)
     assert score == pytest.approx(expected.score) and fallback == expected.fallback
+    assert (tmp_path / "out" / "masks" / "case_01.png").is_file() and (tmp_path / "out" / "predictions.csv").is_file()
 
 
 @pytest.mark.parametrize("name", ["tiny", "litemedsam"])

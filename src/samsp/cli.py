@@ -139,8 +139,12 @@ def _evaluate_parser(sub) -> None:
 def _predict_parser(sub) -> None:
     r = sub.add_parser("predict", help="segment images with no prompt")
     r.add_argument("--model", required=True, help="run or export folder, or a Hugging Face Hub repo id (user/name)")
-    r.add_argument("inputs", nargs="+", help="image files or folders")
-    r.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.csv")
+    r.add_argument("inputs", nargs="+", help="image files, folders, or .txt lists of image paths")
+    r.add_argument(
+        "--out",
+        required=True,
+        help="folder for masks/, overlays/ and predictions.csv; a rerun into it skips the images already done",
+    )
     r.add_argument("--no-overlay", action="store_true", help="write masks only")
     r.add_argument(
         "--engine",
@@ -248,14 +252,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .inference.outputs import predict_files
+    from .inference.bulk import input_images, predict_files
 
     predictor = _onnx_predictor(args) if args.engine == "onnx" else _predictor(args)
     rows = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay)
     empty = sum(r["fallback"] for r in rows)
-    print(
-        f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else "")
-    )
+    print(f"{len(rows)} masks in {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else ""))
+    if len(rows) < len(input_images(args.inputs)):  # other processes are still at work on their shares
+        print("this process's share is done; the last process to finish writes predictions.csv")
 
 
 def _export(args: argparse.Namespace) -> None:
