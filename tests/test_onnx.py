@@ -129,6 +129,22 @@ def test_samsp_predict_with_the_onnx_engine_writes_what_the_torch_engine_writes(
     assert rows[0] == (tmp_path / "torch" / "predictions.csv").read_text().splitlines()[0] and len(rows) == 9
 
 
+def test_an_int8_export_quantises_the_matrix_products_and_predicts_nearly_the_same(run, exported, images, tmp_path):
+    import onnx
+
+    out = tmp_path / "int8"
+    assert main(["export", "--model", str(run), "--out", str(out), "--format", "onnx", "--quantize", "int8"]) == 0
+    ops = {node.op_type for node in onnx.load(str(out / "samsp.onnx")).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops
+    assert json.loads((out / "samsp_onnx.json").read_text())["quantization"].startswith("int8 dynamic")
+    assert (out / "samsp.onnx").stat().st_size < (exported / "samsp.onnx").stat().st_size
+    floats, ints = OnnxPredictor(exported).predict_batch(images), OnnxPredictor(out).predict_batch(images)
+    for a, b in zip(floats, ints, strict=True):
+        assert np.abs(a.probability - b.probability).max() < 0.05
+        assert (a.mask == b.mask).mean() > 0.98
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "x"), "--quantize", "int8"]) == 2
+
+
 def test_onnx_engine_errors_are_one_line(run, exported, dataset, tmp_path, capsys):
     image = str(dataset / "images" / "case_00.png")
     assert main(["predict", "--engine", "onnx", "--model", str(run), image, "--out", str(tmp_path)]) == 2

@@ -188,6 +188,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("safetensors", "onnx"),
         help="safetensors (default): a full samsp model; onnx: samsp.onnx, the whole prompt-free pipeline",
     )
+    x.add_argument(
+        "--quantize",
+        choices=("int8",),
+        help="onnx only: int8 weights, activations quantised per batch at run time (ONNX Runtime dynamic "
+        "quantisation); check its accuracy on your data before using it",
+    )
 
     c = sub.add_parser("check-data", help="check every image/mask pair without training")
     c.add_argument("folder", nargs="?", help="folder with images/ and masks/ (the same as --data)")
@@ -267,9 +273,11 @@ def _export(args: argparse.Namespace) -> None:
         from .inference.onnx_engine import ONNX_NAME
         from .inference.onnx_export import export_onnx
 
-        out, diff = export_onnx(args.model, args.out)
+        out, diff = export_onnx(args.model, args.out, quantize=args.quantize)
         print(f"wrote {out / ONNX_NAME} (largest probability difference, ONNX Runtime vs PyTorch: {diff:.2e})")
         return
+    if args.quantize:
+        raise SamspError("--quantize needs --format onnx")
     from .inference.export import export_model
 
     out, diff = export_model(args.model, args.out)

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from .errors import SamspError
 
 BackboneName = Literal["litemedsam", "vit_b", "vit_l", "vit_h", "tiny"]
@@ -223,6 +221,8 @@ def _as(value: Any, option: Any) -> tuple[bool, Any]:
         ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
         return ok, tuple(items) if ok else None
     if origin is dict:
+        import yaml  # here, not at the top: the torch-free ONNX install has no PyYAML
+
         parsed = yaml.safe_load(value) if text is not None else value
         return isinstance(parsed, dict), parsed
     raise TypeError(f"no reader for {option}")
@@ -307,6 +307,8 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults, then the YAML file at `path`, then each override."""
+    import yaml
+
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -325,4 +327,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(config: TrainConfig) -> str:
     """YAML text of a config, sections in order."""
+    import yaml
+
     return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -11,8 +11,6 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from .errors import SamspError
 
 
@@ -64,6 +62,8 @@ def download(
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, part.open("wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
+            from tqdm.auto import tqdm  # only when downloading: the torch-free ONNX install has no tqdm
+
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
                 for block in iter(lambda: response.read(1 << 20), b""):
                     out.write(block)

@@ -12,8 +12,6 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from tqdm.auto import tqdm
-
 log = logging.getLogger("samsp")
 
 LOG_INTERVAL_S = 60.0
@@ -36,7 +34,11 @@ class Progress:
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.terminal = sys.stdout.isatty() if terminal is None else terminal
         self.postfix: dict[str, Any] = {}
-        self.bar = tqdm(iterable, total=self.total, desc=desc, unit=unit, leave=False) if self._live else None
+        self.bar = None
+        if self._live:  # tqdm only for a terminal (the torch-free ONNX install has none)
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(iterable, total=self.total, desc=desc, unit=unit, leave=False)
 
     @property
     def _live(self) -> bool:

@@ -9,6 +9,7 @@ stays outside is what depends on each image's size: resize, normalise and pad be
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import SamspError
-from ..files import write_text_atomic
+from ..files import atomic_path, write_text_atomic
 from ..modeling.persistence import resolve_model_dir
 from ..modeling.sam_sp import SamSP
 from .export import prediction_check
@@ -47,10 +48,15 @@ class PromptFreeGraph(nn.Module):
         return out.logits[-1], torch.stack(out.logits, dim=1), boxes, out.scores, out.fallback
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = OPSET) -> tuple[Path, float]:
+def export_onnx(
+    model_dir: str | Path, out_dir: str | Path, opset: int = OPSET, quantize: str | None = None
+) -> tuple[Path, float]:
     """Write `samsp.onnx` and `samsp_onnx.json` to `out_dir`; return the folder and ORT's largest probability
     difference from the PyTorch `Predictor` of the trained model on a seeded random image (also in the JSON).
+    `quantize="int8"`: int8 weights, activations quantised per batch at run time (ONNX Runtime dynamic quantisation).
     """
+    if quantize not in (None, "int8"):
+        raise SamspError(f"unknown quantisation {quantize!r}: choose int8")
     try:
         import onnx
     except ImportError as err:
@@ -74,6 +80,8 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = OPSET) 
         program, example, input_names=list(INPUTS), output_names=list(OUTPUTS), opset_version=opset, verbose=False
     )
     onnx_program.save(str(out_dir / ONNX_NAME))
+    if quantize:
+        quantize_int8(out_dir / ONNX_NAME)
     onnx.checker.check_model(str(out_dir / ONNX_NAME))
 
     config = model.config
@@ -93,6 +101,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = OPSET) 
         "inputs": list(INPUTS),
         "outputs": list(OUTPUTS),
         "opset": opset,
+        "quantization": "int8 dynamic (weights int8; activations uint8, scaled per batch)" if quantize else None,
         "exported_from": str(source.resolve()),
         "trained_as": asdict(config),
         "torch": torch.__version__,
@@ -102,3 +111,16 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, opset: int = OPSET) 
     meta["ort_max_abs_prob_diff"] = prediction_check(Predictor(model), OnnxPredictor(out_dir), size)
     write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2))
     return out_dir, meta["ort_max_abs_prob_diff"]
+
+
+def quantize_int8(path: Path) -> None:
+    """Replace the float graph at `path` by ONNX Runtime's dynamic int8 quantisation of it (MatMul, Gemm and
+    attention weights in int8; activations quantised per batch when it runs)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.disable(logging.INFO)  # the quantiser logs a line per tensor it leaves in float
+    try:
+        with atomic_path(path) as tmp:
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+    finally:
+        logging.disable(logging.NOTSET)
