@@ -188,6 +188,20 @@ def test_save_and_load_round_trip_trainable_and_full(tmp_path):
     assert torch.allclose(model(images=x).logits[-1], full(images=x).logits[-1], atol=1e-4)
 
 
+def test_a_model_saved_while_the_iou_head_still_trained_loads_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = tiny()
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "weights.safetensors"
+    state = load_file(str(weights))
+    head = {k: v + 1.0 for k, v in model.state_dict().items() if "iou_prediction_head" in k}
+    assert head and not any(k in state for k in head)
+    save_file({**state, **head}, str(weights))  # what samsp wrote before the IoU head was frozen
+    loaded = SamSP.from_pretrained(tmp_path / "m").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in head.items())
+
+
 def test_loading_weights_of_another_configuration_names_the_file(tmp_path):
     tiny(adapt_stages=1).save_pretrained(tmp_path / "a")
     other = tiny(lora_rank=8)

@@ -263,7 +263,9 @@ def _predict(args: argparse.Namespace) -> None:
     predictor = _onnx_predictor(args) if args.engine == "onnx" else _predictor(args)
     rows = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay)
     empty = sum(r["fallback"] for r in rows)
-    print(f"{len(rows)} masks in {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else ""))
+    print(
+        f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else "")
+    )
     if len(rows) < len(input_images(args.inputs)):  # other processes are still at work on their shares
         print("this process's share is done; the last process to finish writes predictions.csv")
 

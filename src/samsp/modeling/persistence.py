@@ -80,6 +80,9 @@ class PretrainedMixin:
         model = cls(config, pretrained=not full)
         state = _read_weights(directory / WEIGHTS_NAME, map_location)
         expected = model.state_dict() if full else model.trainable_state_dict()
+        if not full:  # a model saved when more parts trained (the IoU head, before it was frozen) still loads
+            everything = model.state_dict()
+            expected |= {k: everything[k] for k in state if k in everything and k not in expected}
         problems = key_problems(expected, state)
         if problems:
             raise SamspError(
