@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +36,24 @@ def make_dataset(root: Path, n: int = 8, seed: int = 0) -> Path:
         Image.fromarray(image).save(root / "images" / f"case_{i:02d}.png")
         Image.fromarray((mask * 255).astype(np.uint8)).save(root / "masks" / f"case_{i:02d}.png")
     return root
+
+
+def child_env(**extra: str) -> dict:
+    """The environment for a samsp child process in a test: one thread, unbuffered output."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def kill_when_busy(child: subprocess.Popen, busy: Callable[[], bool], delay: float, timeout: float = 120) -> bool:
+    """Wait until `busy()` says the child is at work, `delay` seconds more, then SIGKILL it. False when the child
+    ended first (or never got busy), so there was nothing to kill."""
+    deadline = time.monotonic() + timeout
+    while child.poll() is None and time.monotonic() < deadline and not busy():
+        time.sleep(0.02)
+    if child.poll() is not None or not busy():
+        return False
+    time.sleep(delay)
+    if child.poll() is not None:
+        return False
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return True

@@ -1,17 +1,14 @@
 """`samsp predict` at scale: streamed, resumable after kill -9, sharded across processes, safe on a full disk."""
 
 import errno
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ellipse_pair
+from helpers import child_env, ellipse_pair, kill_when_busy
 from PIL import Image
 
 from samsp import Predictor, SamSP
@@ -37,10 +34,6 @@ def reference(images, tiny_model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reference")
     predict_files(Predictor(SamSP.from_pretrained(tiny_model_dir), batch_size=4), [images], out)
     return out
-
-
-def child_env(**extra: str) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def predict_command(model: Path, images: Path, out: Path) -> list[str]:
@@ -93,14 +86,8 @@ def test_kill_9_at_random_moments_then_the_same_command_completes(images, tiny_m
     command = predict_command(tiny_model_dir, images, out)
     for _ in range(6):
         child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120  # until it is writing (its first row) or has ended
-        while child.poll() is None and time.monotonic() < deadline and not started_writing(out):
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 0.6))
-        if child.poll() is not None:
-            break
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+        if not kill_when_busy(child, lambda: started_writing(out), rng.uniform(0.0, 0.6)):
+            break  # it finished before the next kill
         kills += 1
         for png in (out / "masks").glob("*.png"):  # never a truncated PNG, whenever the kill came
             Image.open(png).load()

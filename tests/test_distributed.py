@@ -5,7 +5,6 @@ shuffled order is dealt out by rank), and their gradients are averaged, so the w
 one-process run up to float summation order.
 """
 
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_dataset
+from helpers import child_env, make_dataset
 from safetensors.torch import load_file
 
 from samsp import train
@@ -47,7 +46,7 @@ LAUNCHERS = {
 
 
 def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1"}
+    return child_env(MASTER_ADDR="127.0.0.1")
 
 
 def two_processes(launcher: str, *args: str) -> list[str]:

@@ -1,6 +1,5 @@
 """Faults a cluster has: kill -9, preemption signals, corrupt checkpoints, a full disk; and logs sent to a file."""
 
-import os
 import random
 import signal
 import subprocess
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import make_dataset
+from helpers import child_env, kill_when_busy, make_dataset
 from safetensors.torch import load_file
 
 from samsp import Trainer, train
@@ -38,16 +37,16 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "samsp.cli", *args]
 
 
-def child_env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+def training_started(run: Path) -> bool:
+    log = run / "train.log"
+    return log.is_file() and "trainable parameters" in log.read_text()
 
 
 def wait_for_training(run: Path, child: subprocess.Popen, timeout: float = 120) -> bool:
     """Until the child logs that training starts (True), or it ends first (False)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and child.poll() is None:
-        log = run / "train.log"
-        if log.is_file() and "trainable parameters" in log.read_text():
+        if training_started(run):
             return True
         time.sleep(0.05)
     return False
@@ -85,13 +84,8 @@ def test_kill_9_at_ten_random_moments_then_resume_gives_the_uninterrupted_weight
         resumable = (run / "last" / "training_state.pt").is_file()
         command = cli("train", "--resume", str(run)) if resumable else cli(*args, "--out", str(run))
         child = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not wait_for_training(run, child):
+        if not kill_when_busy(child, lambda: training_started(run), rng.uniform(0.0, 1.5)):
             break  # it finished before the next kill
-        time.sleep(rng.uniform(0.0, 1.5))
-        if child.poll() is not None:
-            break
-        child.send_signal(signal.SIGKILL)
-        child.wait()
         kills += 1
         if (run / "last" / "training_state.pt").is_file():  # never a torn checkpoint, whenever the kill came
             torch.load(run / "last" / "training_state.pt", weights_only=True)

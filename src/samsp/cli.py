@@ -258,7 +258,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .inference.bulk import input_images, predict_files
+    from .inference.bulk import predict_files
 
     predictor = _onnx_predictor(args) if args.engine == "onnx" else _predictor(args)
     rows = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay)
@@ -266,8 +266,6 @@ def _predict(args: argparse.Namespace) -> None:
     print(
         f"wrote {len(rows)} masks to {Path(args.out) / 'masks'}" + (f" ({empty} with nothing found)" if empty else "")
     )
-    if len(rows) < len(input_images(args.inputs)):  # other processes are still at work on their shares
-        print("this process's share is done; the last process to finish writes predictions.csv")
 
 
 def _export(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import threading
 from collections import Counter, deque
@@ -28,6 +29,8 @@ from ..files import atomic_path
 from ..progress import Progress
 from .outputs import mask_image, overlay, summary_row, write_rows_csv
 from .prediction import BatchPredictor, Prediction
+
+log = logging.getLogger("samsp")
 
 PARTS_DIR = "predictions.parts"
 FIELDS = ["image", "mask", "score", "fallback", "foreground", "box_x0", "box_y0", "box_x1", "box_y1"]
@@ -67,6 +70,8 @@ def predict_files(
     rows = finished_rows(out_dir, overlays)
     if all(str(p) in rows for p in paths):  # the last process to finish writes the merged table
         write_rows_csv(out_dir / "predictions.csv", [rows[str(p)] for p in paths])
+    else:  # other processes are still at work on their shares
+        log.info("this process's share is done; the last process to finish writes predictions.csv")
     return [rows[str(p)] for p in paths if str(p) in rows]
 
 

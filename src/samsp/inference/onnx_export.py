@@ -68,7 +68,19 @@ def export_onnx(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / META_NAME).unlink(missing_ok=True)  # written last: a folder without it holds no finished export
 
-    size = model.backbone.img_size
+    write_graph(graph, model.backbone.img_size, out_dir / ONNX_NAME, opset)
+    if quantize:
+        quantize_int8(out_dir / ONNX_NAME)
+    onnx.checker.check_model(str(out_dir / ONNX_NAME))
+    meta = describe(model, graph.iterations, source, opset, quantize, onnx.__version__)
+    write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2))
+    meta["ort_max_abs_prob_diff"] = prediction_check(Predictor(model), OnnxPredictor(out_dir), meta["input_size"])
+    write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2))
+    return out_dir, meta["ort_max_abs_prob_diff"]
+
+
+def write_graph(graph: PromptFreeGraph, size: int, path: Path, opset: int) -> None:
+    """Trace the graph with a free batch size and save it as ONNX."""
     example = (torch.zeros(2, 3, size, size), torch.full((2, 2), size, dtype=torch.int64))
     batch = torch.export.Dim("batch")
     # strict (dynamo) tracing: TinyViT's `len(x)` would fix the batch size under non-strict tracing
@@ -79,24 +91,24 @@ def export_onnx(
     onnx_program = torch.onnx.export(
         program, example, input_names=list(INPUTS), output_names=list(OUTPUTS), opset_version=opset, verbose=False
     )
-    onnx_program.save(str(out_dir / ONNX_NAME))
-    if quantize:
-        quantize_int8(out_dir / ONNX_NAME)
-    onnx.checker.check_model(str(out_dir / ONNX_NAME))
+    onnx_program.save(str(path))
 
+
+def describe(model: SamSP, iterations: int, source: Path, opset: int, quantize: str | None, onnx_version: str) -> dict:
+    """What samsp_onnx.json says: how to prepare the input and read the output, and where the graph came from."""
     config = model.config
     normalization = {"kind": model.backbone.normalization}
     if model.backbone.normalization == "imagenet":
         normalization.update(mean=list(PIXEL_MEAN), std=list(PIXEL_STD))
-    meta = {
+    return {
         "format": "onnx",
         "samsp_version": __version__,
         "onnx_file": ONNX_NAME,
         "backbone": config.backbone,
-        "input_size": size,
+        "input_size": model.backbone.img_size,
         "normalization": normalization,
         "threshold": config.threshold,
-        "iterations": graph.iterations,
+        "iterations": iterations,
         "empty_fallback": config.empty_fallback,
         "inputs": list(INPUTS),
         "outputs": list(OUTPUTS),
@@ -105,12 +117,8 @@ def export_onnx(
         "exported_from": str(source.resolve()),
         "trained_as": asdict(config),
         "torch": torch.__version__,
-        "onnx": onnx.__version__,
+        "onnx": onnx_version,
     }
-    write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2))
-    meta["ort_max_abs_prob_diff"] = prediction_check(Predictor(model), OnnxPredictor(out_dir), size)
-    write_text_atomic(out_dir / META_NAME, json.dumps(meta, indent=2))
-    return out_dir, meta["ort_max_abs_prob_diff"]
 
 
 def quantize_int8(path: Path) -> None:
