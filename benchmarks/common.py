@@ -8,6 +8,7 @@ import platform
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -54,3 +55,21 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def best_of(fn, repeats: int) -> float:
+    """The fastest of `repeats` timed calls of `fn` (seconds), after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
+    """The machine's measured matrix-multiply rate (FLOP/s), the practical ceiling for this model."""
+    a = torch.randn(n, n, dtype=dtype)
+    seconds = best_of(lambda: a @ a, 3)
+    return 2 * n**3 / seconds

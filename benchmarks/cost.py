@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import SHARED, markdown_table, write_section
+from common import SHARED, best_of, markdown_table, matmul_peak, write_section
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,23 +31,6 @@ from samsp.data.prepared import PreparedSet, collate
 from samsp.data.splits import write_split
 from samsp.inference.preprocess import postprocess, preprocess
 from samsp.modeling.losses import samsp_loss
-
-
-def best_of(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
-    """The machine's measured matrix-multiply rate (FLOP/s), the practical ceiling for this model."""
-    a = torch.randn(n, n, dtype=dtype)
-    seconds = best_of(lambda: a @ a, 3)
-    return 2 * n**3 / seconds
 
 
 @torch.no_grad()

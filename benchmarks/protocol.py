@@ -43,6 +43,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP": [],
     "SAMed-style one pass": ["model.self_prompt=false"],
+    # training levers, one change each against "SAM-SP"; the prefix cache stores the bf16 values autocast computes,
+    # so a bfloat16 cache holds the same numbers as the float32 one in half the memory
+    "SAM-SP, 2 cached views (one augmented)": ["data.cache_views=2", "runtime.cache_dtype=bfloat16"],
+    "SAM-SP + pass-0 Dice": ["loss.dice_first_pass=true"],
+    "SAM-SP + box jitter 0.1": ["model.box_jitter=0.1"],
 }
 ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, ClinicDB), quoted from anchors.md
     ("PraNet", 0.898, 0.899),
@@ -220,6 +225,11 @@ def main() -> None:
     parser.add_argument(
         "--inference-levers", action="store_true", help="score inference settings of the first row on validation"
     )
+    parser.add_argument(
+        "--test-setting",
+        choices=list(INFERENCE_LEVERS),
+        help="also score each row on the test sets with this inference setting (chosen on validation beforehand)",
+    )
     parser.add_argument("--test-limit", type=int, help="score only this many images of each test set (smoke runs)")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="rebuild the tables from --out, run nothing")
@@ -268,21 +278,41 @@ def main() -> None:
                 else:
                     probs = predict_set(model, data)
                 evaluate(model, data, out / "eval" / tag / test, f"{name} ({test})", probs=probs)
+            if args.test_setting:
+                for test in ("val", *TESTS):
+                    evalsets[test] = evalsets.get(test) or load_eval_set(split[test], model)
+                score_setting(model, evalsets, out, tag, args.test_setting)
             if args.inference_levers and name == (args.rows or list(ROWS))[0] and seed == args.seeds[0]:
                 data = evalsets.get("val") or load_eval_set(split["val"], model)
                 score_inference_levers(model, data, out, tag)  # before the next row trains
     report(out, args)
 
 
+def with_setting(model: SamSP, lever: str) -> tuple[SamSP, dict]:
+    """The model configured for an inference setting, and the options `evaluate` takes for it."""
+    options = dict(INFERENCE_LEVERS[lever])
+    model.config = dataclasses.replace(model.config, **options.pop("model", {}))
+    return model, options
+
+
+def score_setting(model: SamSP, evalsets: dict[str, EvalSet], out: Path, tag: str, lever: str) -> None:
+    """Score a trained model on validation and both test sets with one inference setting (summaries are kept)."""
+    trained = model.config
+    for test in ("val", *TESTS):
+        if not summary(out, tag, f"{test}-{slug(lever)}"):
+            model, options = with_setting(model, lever)
+            evaluate(model, evalsets[test], out / "eval" / tag / f"{test}-{slug(lever)}", lever, **options)
+            model.config = trained
+
+
 def score_inference_levers(model: SamSP, data: EvalSet, out: Path, tag: str) -> None:
     """Score each inference setting of a trained model on the validation split."""
     trained = model.config
-    for lever, options in INFERENCE_LEVERS.items():
-        options = dict(options)
-        model.config = dataclasses.replace(trained, **options.pop("model", {}))
+    for lever in INFERENCE_LEVERS:
         if not summary(out, tag, f"val-{slug(lever)}"):
+            model, options = with_setting(model, lever)
             evaluate(model, data, out / "eval" / tag / f"val-{slug(lever)}", lever, **options)
-    model.config = trained
+            model.config = trained
 
 
 def report(out: Path, args: argparse.Namespace) -> None:
@@ -308,6 +338,12 @@ def report(out: Path, args: argparse.Namespace) -> None:
         minutes = [float((out / t / "done").read_text()) for t in tags if (out / t / "done").exists()]
         cells.append(f"{np.mean(minutes):.0f}" if minutes else "")
         table.append(cells)
+        if args.test_setting:
+            cells = [f"{name}, {args.test_setting} (chosen on validation)", cells[1]]
+            for test, keys in (("val", ("mDice",)), ("Kvasir", ("mDice", "mIoU")), ("ClinicDB", ("mDice", "mIoU"))):
+                scored = [s for t in tags if (s := summary(out, t, f"{test}-{slug(args.test_setting)}"))]
+                cells += [_mean_sd([s[key] for s in scored]) for key in keys]
+            table.append([*cells, ""])
     table += [[f"{n} (published, not run)", "", "", k, "", c, "", ""] for n, k, c in ANCHORS]
     n_train = len((out / "train_ids.txt").read_text().split())
     n_val = len((out / "val_ids.txt").read_text().split())

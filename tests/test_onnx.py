@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import openvino
 import pytest
 import torch
 from helpers import make_dataset
@@ -21,6 +22,7 @@ from samsp.inference.onnx_engine import OnnxPredictor
 from samsp.inference.onnx_export import export_onnx
 from samsp.modeling.backbones import get_backbone
 
+HAS_OPENVINO_BF16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 FAST = ["model.backbone=tiny", "data.val_fraction=0.25", "runtime.threads=1", "runtime.mixed_precision=no"]
 
 
@@ -116,16 +118,35 @@ def test_an_empty_first_pass_takes_the_same_fallback_in_both_engines(fallback, i
         assert all(np.array_equal(p.pass_masks[0], p.pass_masks[2]) for p in onnx_preds)
 
 
-def test_samsp_predict_with_the_onnx_engine_writes_what_the_torch_engine_writes(run, exported, dataset, tmp_path):
+def test_openvino_runs_the_same_graph_and_predicts_what_pytorch_predicts(run, exported, images):
+    torch_preds = Predictor(SamSP.from_pretrained(run), batch_size=4).predict_batch(images)
+    ov_preds = OnnxPredictor(exported, batch_size=4, runtime="openvino").predict_batch(images)
+    assert_same_predictions(torch_preds, ov_preds)
+    assert any(p.box is not None for p in ov_preds)
+
+
+@pytest.mark.skipif(not HAS_OPENVINO_BF16, reason="OpenVINO finds no bf16 units on this CPU")
+def test_openvino_bf16_is_nearly_fp32(exported, images):
+    floats = OnnxPredictor(exported, runtime="openvino").predict_batch(images)
+    halves = OnnxPredictor(exported, runtime="openvino", precision="bf16").predict_batch(images)
+    for a, b in zip(floats, halves, strict=True):
+        assert np.abs(a.probability - b.probability).max() < 0.1
+        assert (a.mask == b.mask).mean() > 0.98
+
+
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_samsp_predict_with_an_onnx_engine_writes_what_the_torch_engine_writes(
+    engine, run, exported, dataset, tmp_path
+):
     images = str(dataset / "images")
     assert main(["predict", "--model", str(run), images, "--out", str(tmp_path / "torch")]) == 0
-    assert main(["predict", "--engine", "onnx", "--model", str(exported), images, "--out", str(tmp_path / "ort")]) == 0
+    assert main(["predict", "--engine", engine, "--model", str(exported), images, "--out", str(tmp_path / "x")]) == 0
     for path in sorted((tmp_path / "torch" / "masks").iterdir()):
         a = np.asarray(read_image(path))[..., 0] > 0
-        b = np.asarray(read_image(tmp_path / "ort" / "masks" / path.name))[..., 0] > 0
+        b = np.asarray(read_image(tmp_path / "x" / "masks" / path.name))[..., 0] > 0
         assert dice(a, b) >= 0.999
-    assert (tmp_path / "ort" / "overlays" / "case_00.png").is_file()
-    rows = (tmp_path / "ort" / "predictions.csv").read_text().splitlines()
+    assert (tmp_path / "x" / "overlays" / "case_00.png").is_file()
+    rows = (tmp_path / "x" / "predictions.csv").read_text().splitlines()
     assert rows[0] == (tmp_path / "torch" / "predictions.csv").read_text().splitlines()[0] and len(rows) == 9
 
 
@@ -157,6 +178,17 @@ def test_onnx_engine_errors_are_one_line(run, exported, dataset, tmp_path, capsy
     broken = ["predict", "--engine", "onnx", "--model", str(tmp_path / "broken"), image, "--out", str(tmp_path)]
     assert main(broken) == 2
     assert "samsp_onnx.json: not a samsp ONNX export description" in capsys.readouterr().err
+    bf16 = ["predict", "--engine", "onnx", "--model", str(exported), image, "--out", str(tmp_path)]
+    assert main([*bf16, "--precision", "bf16"]) == 2
+    assert "precision bf16 needs the openvino runtime" in capsys.readouterr().err
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "samsp_onnx.json").write_text((exported / "samsp_onnx.json").read_text())
+    (tmp_path / "garbage" / "samsp.onnx").write_bytes(b"not a graph")
+    for engine in ("onnx", "openvino"):
+        garbage = ["predict", "--engine", engine, "--model", str(tmp_path / "garbage"), image, "--out", str(tmp_path)]
+        assert main(garbage) == 2
+        err = capsys.readouterr().err.strip()
+        assert "samsp.onnx: " in err and "cannot load it" in err and len(err.splitlines()) == 1
 
 
 def test_the_onnx_engine_runs_without_torch(exported, dataset, tmp_path):
@@ -217,5 +249,5 @@ def test_litemedsam_on_real_images_gives_the_same_masks_in_both_engines(shared_d
     x, valid = torch.stack([x for x, _ in prepared]), torch.tensor([f.resized_hw for _, f in prepared])
     with torch.no_grad():
         expected = torch.stack(model(images=x, valid_hw=valid).logits, dim=1).numpy()
-    got = engine.session.run(["pass_logits"], {"images": x.numpy(), "valid_hw": valid.numpy()})[0]
+    got = engine.run_graph({"images": x.numpy(), "valid_hw": valid.numpy()})["pass_logits"]
     assert np.abs(got - expected).max() < 1e-3  # logits of magnitude ~20

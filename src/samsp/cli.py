@@ -36,7 +36,8 @@ def _inference_options(parser: argparse.ArgumentParser, batches: bool = True) ->
         "--precision",
         default="fp32",
         choices=PRECISIONS,
-        help="bf16: autocast, ~3x faster on a CPU with bf16 units, masks differ at a few boundary pixels",
+        help="bf16: bfloat16 (torch autocast, or OpenVINO's bf16 inference), faster on a CPU with bf16 units; "
+        "masks differ at a few boundary pixels",
     )
     parser.add_argument("--flips", action="store_true", help="average with the flipped images (test-time flips)")
     parser.add_argument("--checkpoint", help="base SAM weights, when not at the path recorded in the model")
@@ -71,19 +72,21 @@ def _predictor(args: argparse.Namespace):
 
 
 def _onnx_predictor(args: argparse.Namespace):
-    """The ONNX Runtime engine; the options the exported graph fixes are refused rather than ignored."""
+    """An exported ONNX graph run by ONNX Runtime or OpenVINO; options the graph fixes are refused, not ignored."""
     fixed = {
         "--iterations": args.iterations is not None,
-        "--precision bf16": args.precision != "fp32",
         "--flips": args.flips,
         "--checkpoint": args.checkpoint is not None,
     }
     given = [flag for flag, used in fixed.items() if used]
     if given:
-        raise SamspError(f"{', '.join(given)}: not available with --engine onnx (the exported graph fixes them)")
+        raise SamspError(
+            f"{', '.join(given)}: not available with --engine {args.engine} (the exported graph fixes them)"
+        )
     from .inference.onnx_engine import OnnxPredictor
 
-    return OnnxPredictor(args.model, batch_size=args.batch_size)
+    runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[args.engine]
+    return OnnxPredictor(args.model, batch_size=args.batch_size, runtime=runtime, precision=args.precision)
 
 
 def _train_parser(sub) -> None:
@@ -149,8 +152,9 @@ def _predict_parser(sub) -> None:
     r.add_argument(
         "--engine",
         default="torch",
-        choices=("torch", "onnx"),
-        help="onnx: ONNX Runtime on a `samsp export --format onnx` folder, no torch needed (default: torch)",
+        choices=("torch", "onnx", "openvino"),
+        help="torch (default): a run or export folder; onnx: ONNX Runtime, openvino: OpenVINO (the fastest on a "
+        "CPU), both on a `samsp export --format onnx` folder and without torch",
     )
     _inference_options(r)
 
@@ -260,7 +264,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .inference.bulk import predict_files
 
-    predictor = _onnx_predictor(args) if args.engine == "onnx" else _predictor(args)
+    predictor = _predictor(args) if args.engine == "torch" else _onnx_predictor(args)
     rows = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay)
     empty = sum(r["fallback"] for r in rows)
     print(

@@ -1,4 +1,4 @@
-"""Prompt-free prediction with an exported ONNX model: onnxruntime, numpy and Pillow, no torch.
+"""Prompt-free prediction with an exported ONNX model: ONNX Runtime (or OpenVINO), numpy and Pillow, no torch.
 
 `samsp export --format onnx` writes `samsp.onnx` (encoder, pass 0, the self-prompt boxes and every later pass in
 one graph) and `samsp_onnx.json` (how to prepare its input and read its output). `OnnxPredictor` prepares images
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SamspError
+from .onnx_runtimes import open_graph
 from .prediction import Prediction, as_rgb, make_prediction
 from .preprocess_numpy import postprocess, preprocess
 
@@ -46,10 +47,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 class OnnxPredictor:
-    """Batched prompt-free prediction with an ONNX export and ONNX Runtime (same `Prediction`s as `Predictor`).
+    """Batched prompt-free prediction with an ONNX export (same `Prediction`s as `Predictor`), run by ONNX Runtime
+    or OpenVINO.
 
-    The number of self-prompting iterations and the empty-pass fallback are those fixed in the graph at export;
-    `providers` are ONNX Runtime execution providers (default: the CPU), `threads` its intra-op threads.
+    The number of self-prompting iterations and the empty-pass fallback are those fixed in the graph at export.
+    `runtime`: "onnxruntime" (default) or "openvino"; `precision`: "fp32", or "bf16" with OpenVINO on a CPU with
+    bf16 units; `threads`: the runtime's threads (default: its own choice); `providers`: ONNX Runtime execution
+    providers (default: the CPU).
     """
 
     def __init__(
@@ -58,6 +62,8 @@ class OnnxPredictor:
         batch_size: int = 4,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        runtime: str = "onnxruntime",
+        precision: str = "fp32",
     ):
         if batch_size < 1:
             raise SamspError(f"batch size must be >= 1, got {batch_size}")
@@ -65,19 +71,8 @@ class OnnxPredictor:
         path = Path(model_dir) / self.meta.get("onnx_file", ONNX_NAME)
         if not path.is_file():
             raise SamspError(f"{path}: not found (the ONNX graph that {Path(model_dir) / META_NAME} describes)")
-        try:
-            import onnxruntime as ort
-        except ImportError as err:
-            raise SamspError("the ONNX engine needs onnxruntime: pip install 'samsp[onnx]'") from err
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=list(providers or ["CPUExecutionProvider"])
-            )
-        except Exception as err:  # onnxruntime raises its own error types for a corrupt or foreign graph
-            raise SamspError(f"{path}: ONNX Runtime cannot load it ({err})") from err
+        self.run_graph = open_graph(path, runtime, precision, threads, providers)
+        self.runtime, self.precision = runtime, precision
         self.batch_size = batch_size
         self.size = int(self.meta["input_size"])
         self.threshold = float(self.meta["threshold"])
@@ -102,7 +97,8 @@ class OnnxPredictor:
                 "images": np.stack([x for x, _ in prepared]),
                 "valid_hw": np.array([f.resized_hw for f in frames], dtype=np.int64),
             }
-            _, pass_logits, boxes, scores, fallback = self.session.run(list(OUTPUTS), feed)
+            out = self.run_graph(feed)
+            pass_logits, boxes, scores, fallback = (out[k] for k in OUTPUTS[1:])
             for i, frame in enumerate(frames):
                 probs = sigmoid(postprocess(pass_logits[i], frame))
                 box = boxes[i, -1] if boxes.shape[1] and not fallback[i] else None

@@ -8,8 +8,10 @@ stays outside is what depends on each image's size: resize, normalise and pad be
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,16 +82,32 @@ def export_onnx(
 
 
 def write_graph(graph: PromptFreeGraph, size: int, path: Path, opset: int) -> None:
-    """Trace the graph with a free batch size and save it as ONNX."""
+    """Trace the prompt-free graph with a free batch size and save it as ONNX."""
     example = (torch.zeros(2, 3, size, size), torch.full((2, 2), size, dtype=torch.int64))
+    trace_to_onnx(graph, example, INPUTS, OUTPUTS, path, opset)
+
+
+def trace_to_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    path: Path,
+    opset: int = OPSET,
+) -> None:
+    """Export `module` to ONNX at `path` with the first dimension of every input free (the batch size)."""
     batch = torch.export.Dim("batch")
+    dynamic = {name: {0: batch} for name in inspect.signature(module.forward).parameters}
     # strict (dynamo) tracing: TinyViT's `len(x)` would fix the batch size under non-strict tracing
     with torch.no_grad():
-        program = torch.export.export(
-            graph, example, dynamic_shapes={"images": {0: batch}, "valid_hw": {0: batch}}, strict=True
-        )
+        program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=True)
     onnx_program = torch.onnx.export(
-        program, example, input_names=list(INPUTS), output_names=list(OUTPUTS), opset_version=opset, verbose=False
+        program,
+        example,
+        input_names=list(input_names),
+        output_names=list(output_names),
+        opset_version=opset,
+        verbose=False,
     )
     onnx_program.save(str(path))
 

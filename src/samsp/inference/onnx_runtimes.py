@@ -1,0 +1,86 @@
+"""The runtimes that run an exported `samsp.onnx`: ONNX Runtime, or OpenVINO (which reads the same file).
+
+`open_graph` returns a function from the input arrays to the named output arrays, so `OnnxPredictor` does not care
+which runtime computes them. Neither needs torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SamspError
+
+RUNTIMES = ("onnxruntime", "openvino")
+GraphRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+_OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+def open_graph(
+    path: Path,
+    runtime: str = "onnxruntime",
+    precision: str = "fp32",
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+) -> GraphRunner:
+    """Load the ONNX graph at `path` with `runtime`; `precision` bf16 needs OpenVINO on a CPU with bf16 units."""
+    if runtime == "onnxruntime":
+        if precision != "fp32":
+            raise SamspError(f"precision {precision} needs the openvino runtime; ONNX Runtime runs the graph in fp32")
+        return _onnxruntime(path, threads, providers)
+    if runtime == "openvino":
+        if precision not in _OPENVINO_PRECISION:
+            raise SamspError(f"unknown precision {precision!r}: choose fp32 or bf16")
+        if providers:
+            raise SamspError("execution providers are an ONNX Runtime option; OpenVINO runs on its CPU device")
+        return _openvino(path, precision, threads)
+    raise SamspError(f"unknown runtime {runtime!r}: choose {' or '.join(RUNTIMES)}")
+
+
+def _onnxruntime(path: Path, threads: int | None, providers: Sequence[str] | None) -> GraphRunner:
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise SamspError("the ONNX engine needs onnxruntime: pip install 'samsp[onnx]'") from err
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as err:  # onnxruntime raises its own error types for a corrupt or foreign graph
+        raise SamspError(f"{path}: ONNX Runtime cannot load it ({err})") from err
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feed), strict=True))
+
+    return run
+
+
+def _openvino(path: Path, precision: str, threads: int | None) -> GraphRunner:
+    try:
+        import openvino as ov
+    except ImportError as err:
+        raise SamspError("the OpenVINO engine needs openvino: pip install 'samsp[openvino]'") from err
+    core = ov.Core()
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise SamspError("precision bf16: this CPU has no bf16 units OpenVINO can use; use fp32")
+    # the precision is always set: OpenVINO would otherwise pick bf16 by itself on CPUs that have it
+    config: dict[str, object] = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        compiled = core.compile_model(str(path), "CPU", config)
+    except Exception as err:  # OpenVINO raises RuntimeError subclasses of its own for a graph it cannot read
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SamspError(f"{path}: OpenVINO cannot load it ({first})") from err
+    request = compiled.create_infer_request()
+    outputs = [(o.get_any_name(), o) for o in compiled.outputs]
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = request.infer(feed)
+        return {name: np.array(result[port]) for name, port in outputs}
+
+    return run
