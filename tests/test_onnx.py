@@ -150,6 +150,18 @@ def test_samsp_predict_with_an_onnx_engine_writes_what_the_torch_engine_writes(
     assert rows[0] == (tmp_path / "torch" / "predictions.csv").read_text().splitlines()[0] and len(rows) == 9
 
 
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_samsp_evaluate_scores_an_onnx_engine_as_it_scores_the_torch_model(engine, run, exported, dataset, tmp_path):
+    data = ["--data", str(dataset)]
+    assert main(["evaluate", "--model", str(run), *data, "--out", str(tmp_path / "torch")]) == 0
+    assert main(["evaluate", "--engine", engine, "--model", str(exported), *data, "--out", str(tmp_path / "x")]) == 0
+    a, b = (json.loads((tmp_path / k / "summary.json").read_text()) for k in ("torch", "x"))
+    assert b["title"].endswith(f"({engine})") and a["n_images"] == b["n_images"] == 8
+    assert abs(a["mDice"] - b["mDice"]) < 1e-3 and abs(a["mIoU"] - b["mIoU"]) < 1e-3
+    torch_rows, engine_rows = ((tmp_path / k / "per_image.csv").read_text().splitlines() for k in ("torch", "x"))
+    assert [r.split(",")[0] for r in torch_rows] == [r.split(",")[0] for r in engine_rows]
+
+
 def test_an_int8_export_quantises_the_matrix_products_and_predicts_nearly_the_same(run, exported, images, tmp_path):
     import onnx
 
@@ -184,6 +196,10 @@ def test_onnx_engine_errors_are_one_line(run, exported, dataset, tmp_path, capsy
     (tmp_path / "garbage").mkdir()
     (tmp_path / "garbage" / "samsp_onnx.json").write_text((exported / "samsp_onnx.json").read_text())
     (tmp_path / "garbage" / "samsp.onnx").write_bytes(b"not a graph")
+    boxed = ["evaluate", "--engine", "onnx", "--model", str(exported), "--data", str(dataset), "--prompt", "gt_box"]
+    assert main([*boxed, "--out", str(tmp_path / "e")]) == 2
+    assert "--prompt gt_box: the exported graph prompts itself" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
     for engine in ("onnx", "openvino"):
         garbage = ["predict", "--engine", engine, "--model", str(tmp_path / "garbage"), image, "--out", str(tmp_path)]
         assert main(garbage) == 2

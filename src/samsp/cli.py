@@ -27,6 +27,16 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-unpaired", action="store_true", help="leave unpaired images out with a warning")
 
 
+def _engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--engine",
+        default="torch",
+        choices=("torch", "onnx", "openvino"),
+        help="torch (default): a run or export folder; onnx: ONNX Runtime, openvino: OpenVINO (the fastest on a "
+        "CPU), both on a `samsp export --format onnx` folder and without torch",
+    )
+
+
 def _inference_options(parser: argparse.ArgumentParser, batches: bool = True) -> None:
     """The prediction options evaluate, predict and serve share (they mean what samsp.Predictor's arguments mean)."""
     if batches:
@@ -135,6 +145,7 @@ def _evaluate_parser(sub) -> None:
         choices=("none", "full_box", "gt_box"),
         help="none (default): SAM-SP; full_box / gt_box: one boxed pass, for reference rows only",
     )
+    _engine_option(e)
     _inference_options(e)
     _data_options(e)
 
@@ -149,13 +160,7 @@ def _predict_parser(sub) -> None:
         help="folder for masks/, overlays/ and predictions.csv; a rerun into it skips the images already done",
     )
     r.add_argument("--no-overlay", action="store_true", help="write masks only")
-    r.add_argument(
-        "--engine",
-        default="torch",
-        choices=("torch", "onnx", "openvino"),
-        help="torch (default): a run or export folder; onnx: ONNX Runtime, openvino: OpenVINO (the fastest on a "
-        "CPU), both on a `samsp export --format onnx` folder and without torch",
-    )
+    _engine_option(r)
     _inference_options(r)
 
 
@@ -246,17 +251,22 @@ def _evaluate(args: argparse.Namespace) -> None:
             raise SamspError("give --model RUN_DIR and --data FOLDER or --csv FILE (or --pred and --gt)")
         from .data.sources import all_pairs
         from .data.splits import read_id_list, select
-        from .evaluation.evaluate import evaluate
+        from .evaluation.evaluate import evaluate, evaluate_predictor
 
-        predictor = _predictor(args)
+        if args.engine != "torch" and args.prompt != "none":
+            raise SamspError(f"--prompt {args.prompt}: the exported graph prompts itself; use --engine torch")
+        predictor = _predictor(args) if args.engine == "torch" else _onnx_predictor(args)
         pairs = all_pairs(_data_config(args))
         if args.ids:
             pairs = select(pairs, read_id_list(args.ids), args.ids)
-        options = {"precision": args.precision, "iterations": args.iterations, "flips": args.flips}
-        title = f"{Path(args.model).name} ({args.prompt})"
-        summary = evaluate(
-            predictor.model, pairs, args.out, title=title, prompt=args.prompt, batch_size=args.batch_size, **options
-        )
+        title = f"{Path(args.model).name} ({args.prompt if args.engine == 'torch' else args.engine})"
+        if args.engine == "torch":
+            options = {"precision": args.precision, "iterations": args.iterations, "flips": args.flips}
+            summary = evaluate(
+                predictor.model, pairs, args.out, title=title, prompt=args.prompt, batch_size=args.batch_size, **options
+            )
+        else:
+            summary = evaluate_predictor(predictor, pairs, args.out, title=title)
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'per_image.csv'} and summary.json")
 

@@ -110,3 +110,17 @@ def evaluate(
     probs = probs if probs is not None else predict_set(model, data, **predict_kwargs)
     rows = [{"id": i, **image_metrics(p, g)} for i, p, g in zip(data.ids, probs, data.gts, strict=True)]
     return write_report(rows, out_dir, title)
+
+
+def evaluate_predictor(predictor, pairs: Sequence[Pair], out_dir: str | Path, title: str = "samsp") -> dict:
+    """Score any engine with `predict_batch(images) -> [Prediction]` and a `batch_size` (the ONNX Runtime and
+    OpenVINO engines; `evaluate` is the faster path for a torch model) on labelled pairs, at original size.
+    Writes and returns what `evaluate` does; raises SamspError listing every unusable file."""
+    loaded = decode_all(pairs, lambda pair: read_pair(pair.image, pair.mask))
+    rows = []
+    for start in Progress(range(0, len(pairs), predictor.batch_size), desc="evaluating", unit="batch"):
+        chunk = loaded[start : start + predictor.batch_size]
+        predictions = predictor.predict_batch([image for image, _ in chunk])
+        for pair, prediction, (_, gt) in zip(pairs[start:], predictions, chunk, strict=False):
+            rows.append({"id": pair.id, **image_metrics(prediction.probability, gt)})
+    return write_report(rows, out_dir, title)
