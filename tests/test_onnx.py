@@ -1,5 +1,7 @@
 """ONNX export and the torch-free ONNX Runtime engine, against the PyTorch Predictor on the same images."""
 
+import base64
+import io
 import json
 import os
 import subprocess
@@ -12,13 +14,15 @@ import openvino
 import pytest
 import torch
 from helpers import make_dataset
+from PIL import Image
 
 import samsp
 from samsp import ModelConfig, Predictor, SamSP, train
 from samsp.cli import main
 from samsp.data.io import read_image
+from samsp.errors import SamspError
 from samsp.inference import preprocess, preprocess_numpy
-from samsp.inference.onnx_engine import OnnxPredictor
+from samsp.inference.onnx_engine import ENGINE_RUNTIMES, OnnxPredictor
 from samsp.inference.onnx_export import export_onnx
 from samsp.modeling.backbones import get_backbone
 
@@ -160,6 +164,28 @@ def test_samsp_evaluate_scores_an_onnx_engine_as_it_scores_the_torch_model(engin
     assert abs(a["mDice"] - b["mDice"]) < 1e-3 and abs(a["mIoU"] - b["mIoU"]) < 1e-3
     torch_rows, engine_rows = ((tmp_path / k / "per_image.csv").read_text().splitlines() for k in ("torch", "x"))
     assert [r.split(",")[0] for r in torch_rows] == [r.split(",")[0] for r in engine_rows]
+
+
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_samsp_serve_serves_an_onnx_export_with_the_card_of_its_run(engine, run, exported, dataset):
+    from fastapi.testclient import TestClient
+
+    from samsp.serve.app import create_app
+    from samsp.serve.server import load_model
+
+    predictor, card = load_model(str(exported), engine=engine)
+    assert (card.backbone, card.input_size, card.format, card.iterations) == ("tiny", 128, "onnx", 1)
+    assert card.train_images == 6 and card.val_images == 2 and card.val_dice is not None and card.epoch == 1
+    path = dataset / "images" / "case_03.png"
+    expected = OnnxPredictor(exported, runtime=ENGINE_RUNTIMES[engine]).predict(read_image(path))
+    with TestClient(create_app(predictor, card, engine={"engine": engine})) as client:
+        answer = client.post("/api/predict", files={"file": (path.name, path.read_bytes(), "image/png")}).json()
+        info = client.get("/api/info").json()
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png"])))) > 0
+    assert np.array_equal(mask, expected.mask) and answer["fallback"] == expected.fallback
+    assert info["engine"] == {"engine": engine} and any("ONNX graph" in value for _, value in info["card"])
+    with pytest.raises(SamspError, match="--flips: not available with --engine openvino"):
+        load_model(str(exported), flips=True, engine="openvino")
 
 
 def test_an_int8_export_quantises_the_matrix_products_and_predicts_nearly_the_same(run, exported, images, tmp_path):

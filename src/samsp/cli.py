@@ -83,19 +83,10 @@ def _predictor(args: argparse.Namespace):
 
 def _onnx_predictor(args: argparse.Namespace):
     """An exported ONNX graph run by ONNX Runtime or OpenVINO; options the graph fixes are refused, not ignored."""
-    fixed = {
-        "--iterations": args.iterations is not None,
-        "--flips": args.flips,
-        "--checkpoint": args.checkpoint is not None,
-    }
-    given = [flag for flag, used in fixed.items() if used]
-    if given:
-        raise SamspError(
-            f"{', '.join(given)}: not available with --engine {args.engine} (the exported graph fixes them)"
-        )
-    from .inference.onnx_engine import OnnxPredictor
+    from .inference.onnx_engine import ENGINE_RUNTIMES, OnnxPredictor, check_graph_options
 
-    runtime = {"onnx": "onnxruntime", "openvino": "openvino"}[args.engine]
+    check_graph_options(args.engine, args.iterations, args.flips, args.checkpoint)
+    runtime = ENGINE_RUNTIMES[args.engine]
     return OnnxPredictor(args.model, batch_size=args.batch_size, runtime=runtime, precision=args.precision)
 
 
@@ -172,6 +163,7 @@ def _serve_parsers(sub) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-upload-mb", type=float, default=20, help="largest request body (default: 20 MiB)")
     s.add_argument("--max-megapixels", type=float, default=40, help="largest image (default: 40 megapixels)")
+    _engine_option(s)
     _inference_options(s, batches=False)
 
     h = sub.add_parser("push", help="upload a model and its card to the Hugging Face Hub")
@@ -322,7 +314,8 @@ def _serve(args: argparse.Namespace) -> None:
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
         raise SamspError("--max-upload-mb and --max-megapixels must be positive")
     limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
-    serve(args.model, args.host, args.port, args.precision, args.iterations, args.flips, args.checkpoint, limits)
+    options = (args.precision, args.iterations, args.flips, args.checkpoint)
+    serve(args.model, args.host, args.port, *options, limits, engine=args.engine)
 
 
 def _push(args: argparse.Namespace) -> None:

@@ -40,6 +40,17 @@ def read_onnx_meta(model_dir: str | Path) -> dict:
     return meta
 
 
+ENGINE_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # --engine name -> runtime of the graph
+
+
+def check_graph_options(engine: str, iterations: int | None, flips: bool, checkpoint: str | None) -> None:
+    """Refuse, in one line, the prediction options an exported graph fixes, rather than ignore them."""
+    given = {"--iterations": iterations is not None, "--flips": flips, "--checkpoint": checkpoint is not None}
+    refused = [flag for flag, used in given.items() if used]
+    if refused:
+        raise SamspError(f"{', '.join(refused)}: not available with --engine {engine} (the exported graph fixes them)")
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) in float32; very negative logits give 0 without an overflow warning."""
     with np.errstate(over="ignore"):

@@ -21,7 +21,8 @@ from torch import nn
 from .. import __version__
 from ..errors import SamspError
 from ..files import atomic_path, write_text_atomic
-from ..modeling.persistence import resolve_model_dir
+from ..modeling.card import provenance
+from ..modeling.persistence import read_model_meta, resolve_model_dir
 from ..modeling.sam_sp import SamSP
 from .export import prediction_check
 from .frame import PIXEL_MEAN, PIXEL_STD
@@ -136,6 +137,7 @@ def describe(model: SamSP, iterations: int, source: Path, opset: int, quantize: 
         "trained_as": asdict(config),
         "torch": torch.__version__,
         "onnx": onnx_version,
+        **provenance(source, read_model_meta(source)),  # the data, epoch and validation Dice, for the model card
     }
 
 

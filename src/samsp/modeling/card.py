@@ -128,7 +128,10 @@ def card_rows(card: ModelCard) -> list[tuple[str, str]]:
     dice = "not recorded" if card.val_dice is None else f"{card.val_dice:.3f} (no prompt)"
     if card.val_dice is not None and card.epoch is not None:
         dice += f", epoch {card.epoch}"
-    form = "every weight (merged export)" if card.format == "full" else "trained tensors; the rest from the base model"
+    form = {
+        "full": "every weight (merged export)",
+        "onnx": "an ONNX graph of the whole pipeline, LoRA merged (samsp export --format onnx)",
+    }.get(card.format, "trained tensors; the rest from the base model")
     return [
         ("backbone", f"{card.backbone}{size}"),
         ("encoder training", card.strategy),

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import uvicorn
 
-from ..inference.predictor import Predictor
-from ..modeling.card import ModelCard, read_card
-from ..modeling.persistence import read_model_meta, resolve_model_dir
-from ..modeling.sam_sp import SamSP
+from ..modeling.card import ModelCard, card_from_meta, model_name, read_card
 from .app import create_app
-from .worker import Limits
+from .worker import Limits, Segmenter
 
 log = logging.getLogger("samsp")
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
@@ -24,8 +21,20 @@ def load_model(
     iterations: int | None = None,
     flips: bool = False,
     checkpoint: str | None = None,
-) -> tuple[Predictor, ModelCard]:
-    """The predictor and card of a run folder, export or Hub repository id."""
+    engine: str = "torch",
+) -> tuple[Segmenter, ModelCard]:
+    """The predictor and card of a run folder, export or Hub repository id (`engine` torch), or of a
+    `samsp export --format onnx` folder run by ONNX Runtime (`onnx`) or OpenVINO (`openvino`)."""
+    if engine != "torch":
+        from ..inference.onnx_engine import ENGINE_RUNTIMES, OnnxPredictor, check_graph_options
+
+        check_graph_options(engine, iterations, flips, checkpoint)
+        predictor = OnnxPredictor(model, batch_size=1, runtime=ENGINE_RUNTIMES[engine], precision=precision)
+        return predictor, card_from_meta(predictor.meta, model_name(Path(model)))
+    from ..inference.predictor import Predictor
+    from ..modeling.persistence import read_model_meta, resolve_model_dir
+    from ..modeling.sam_sp import SamSP
+
     directory = resolve_model_dir(Path(model))
     card = read_card(directory, read_model_meta(directory), name=None if Path(model).exists() else model)
     network = SamSP.from_pretrained(directory, checkpoint=checkpoint)
@@ -41,13 +50,14 @@ def serve(
     flips: bool = False,
     checkpoint: str | None = None,
     limits: Limits | None = None,
+    engine: str = "torch",
 ) -> None:
     """Serve `model` on http://host:port until interrupted: the page at /, the API under /api/."""
-    predictor, card = load_model(model, precision, iterations, flips, checkpoint)
+    predictor, card = load_model(model, precision, iterations, flips, checkpoint, engine)
     loopback = host in LOOPBACK_NAMES
     passes = card.iterations if iterations is None else iterations
-    engine = {"engine": "torch", "precision": precision, "flips": flips, "iterations": passes}
-    app = create_app(predictor, card, limits, engine, allowed_hosts=LOOPBACK_NAMES if loopback else None)
+    described = {"engine": engine, "precision": precision, "flips": flips, "iterations": passes}
+    app = create_app(predictor, card, limits, described, allowed_hosts=LOOPBACK_NAMES if loopback else None)
     if not loopback:
         log.warning("serving on %s: anyone who can reach this machine can send images to the model", host)
     log.info("serving %s (%s) on http://%s:%d", card.name, card.backbone, host, port)
