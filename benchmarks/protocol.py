@@ -359,7 +359,8 @@ def report(out: Path, args: argparse.Namespace) -> None:
             for test, keys in (("val", ("mDice",)), ("Kvasir", ("mDice", "mIoU")), ("ClinicDB", ("mDice", "mIoU"))):
                 scored = [s for t in tags if (s := summary(out, t, f"{test}-{slug(args.test_setting)}"))]
                 cells += [_mean_sd([s[key] for s in scored]) for key in keys]
-            table.append([*cells, ""])
+            if cells[2]:  # scored with the setting at least on validation
+                table.append([*cells, ""])
     table += [[f"{n} (published, not run)", "", "", k, "", c, "", ""] for n, k, c in ANCHORS]
     n_train = len((out / "train_ids.txt").read_text().split())
     n_val = len((out / "val_ids.txt").read_text().split())
