@@ -267,9 +267,7 @@ def main() -> None:
             for test in ("val", *(TESTS if args.test else ())):
                 if summary(out, tag, test):
                     continue
-                if test not in evalsets:
-                    evalsets[test] = load_eval_set(split[test], model)
-                data = evalsets[test]
+                data = eval_set(evalsets, split, test, model)
                 if args.diagnose == name and test in TESTS:
                     rows, probs, drawings = diagnose(model, data)
                     (out / "eval" / tag / test).mkdir(parents=True, exist_ok=True)
@@ -279,14 +277,20 @@ def main() -> None:
                     probs = predict_set(model, data)
                 evaluate(model, data, out / "eval" / tag / test, f"{name} ({test})", probs=probs)
             if args.test_setting:
-                evalsets["val"] = evalsets.get("val") or load_eval_set(split["val"], model)
-                score_setting(model, {"val": evalsets["val"]}, out, tag, args.test_setting)
+                score_setting(model, {"val": eval_set(evalsets, split, "val", model)}, out, tag, args.test_setting)
             if args.inference_levers and name == (args.rows or list(ROWS))[0] and seed == args.seeds[0]:
-                data = evalsets.get("val") or load_eval_set(split["val"], model)
+                data = eval_set(evalsets, split, "val", model)
                 score_inference_levers(model, data, out, tag)  # before the next row trains
     if args.test_setting:
         test_chosen_row(out, args, split, evalsets)
     report(out, args)
+
+
+def eval_set(evalsets: dict[str, EvalSet], split: dict, name: str, model: SamSP) -> EvalSet:
+    """The split `name` decoded and preprocessed once per run of this script (every row has the same backbone)."""
+    if name not in evalsets:
+        evalsets[name] = load_eval_set(split[name], model)
+    return evalsets[name]
 
 
 def test_chosen_row(out: Path, args: argparse.Namespace, split: dict, evalsets: dict[str, EvalSet]) -> None:
@@ -299,9 +303,8 @@ def test_chosen_row(out: Path, args: argparse.Namespace, split: dict, evalsets: 
     logging.info("chosen on validation with %s: %s (val mDice %.3f)", args.test_setting, chosen, val[chosen])
     for seed in args.seeds:
         model = SamSP.from_pretrained(out / f"{slug(chosen)}-s{seed}")
-        for test in TESTS:
-            evalsets[test] = evalsets.get(test) or load_eval_set(split[test], model)
-        score_setting(model, {t: evalsets[t] for t in TESTS}, out, f"{slug(chosen)}-s{seed}", args.test_setting)
+        tests = {test: eval_set(evalsets, split, test, model) for test in TESTS}
+        score_setting(model, tests, out, f"{slug(chosen)}-s{seed}", args.test_setting)
 
 
 def with_setting(model: SamSP, lever: str) -> tuple[SamSP, dict]:

@@ -83,11 +83,10 @@ def _predictor(args: argparse.Namespace):
 
 def _onnx_predictor(args: argparse.Namespace):
     """An exported ONNX graph run by ONNX Runtime or OpenVINO; options the graph fixes are refused, not ignored."""
-    from .inference.onnx_engine import ENGINE_RUNTIMES, OnnxPredictor, check_graph_options
+    from .inference.onnx_engine import open_engine
 
-    check_graph_options(args.engine, args.iterations, args.flips, args.checkpoint)
-    runtime = ENGINE_RUNTIMES[args.engine]
-    return OnnxPredictor(args.model, batch_size=args.batch_size, runtime=runtime, precision=args.precision)
+    options = (args.batch_size, args.precision, args.iterations, args.flips, args.checkpoint)
+    return open_engine(args.model, args.engine, *options)
 
 
 def _train_parser(sub) -> None:
@@ -245,20 +244,20 @@ def _evaluate(args: argparse.Namespace) -> None:
         from .data.splits import read_id_list, select
         from .evaluation.evaluate import evaluate, evaluate_predictor
 
-        if args.engine != "torch" and args.prompt != "none":
-            raise SamspError(f"--prompt {args.prompt}: the exported graph prompts itself; use --engine torch")
-        predictor = _predictor(args) if args.engine == "torch" else _onnx_predictor(args)
         pairs = all_pairs(_data_config(args))
         if args.ids:
             pairs = select(pairs, read_id_list(args.ids), args.ids)
-        title = f"{Path(args.model).name} ({args.prompt if args.engine == 'torch' else args.engine})"
         if args.engine == "torch":
             options = {"precision": args.precision, "iterations": args.iterations, "flips": args.flips}
+            model, title = _predictor(args).model, f"{Path(args.model).name} ({args.prompt})"
             summary = evaluate(
-                predictor.model, pairs, args.out, title=title, prompt=args.prompt, batch_size=args.batch_size, **options
+                model, pairs, args.out, title=title, prompt=args.prompt, batch_size=args.batch_size, **options
             )
         else:
-            summary = evaluate_predictor(predictor, pairs, args.out, title=title)
+            if args.prompt != "none":
+                raise SamspError(f"--prompt {args.prompt}: the exported graph prompts itself; use --engine torch")
+            title = f"{Path(args.model).name} ({args.engine})"
+            summary = evaluate_predictor(_onnx_predictor(args), pairs, args.out, title=title)
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'per_image.csv'} and summary.json")
 
@@ -314,8 +313,17 @@ def _serve(args: argparse.Namespace) -> None:
     if args.max_upload_mb <= 0 or args.max_megapixels <= 0:
         raise SamspError("--max-upload-mb and --max-megapixels must be positive")
     limits = Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6))
-    options = (args.precision, args.iterations, args.flips, args.checkpoint)
-    serve(args.model, args.host, args.port, *options, limits, engine=args.engine)
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        precision=args.precision,
+        iterations=args.iterations,
+        flips=args.flips,
+        checkpoint=args.checkpoint,
+        limits=limits,
+        engine=args.engine,
+    )
 
 
 def _push(args: argparse.Namespace) -> None:

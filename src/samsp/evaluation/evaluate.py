@@ -118,9 +118,10 @@ def evaluate_predictor(predictor, pairs: Sequence[Pair], out_dir: str | Path, ti
     Writes and returns what `evaluate` does; raises SamspError listing every unusable file."""
     loaded = decode_all(pairs, lambda pair: read_pair(pair.image, pair.mask))
     rows = []
-    for start in Progress(range(0, len(pairs), predictor.batch_size), desc="evaluating", unit="batch"):
-        chunk = loaded[start : start + predictor.batch_size]
+    size = predictor.batch_size
+    for start in Progress(range(0, len(pairs), size), desc="evaluating", unit="batch"):
+        chunk = loaded[start : start + size]
         predictions = predictor.predict_batch([image for image, _ in chunk])
-        for pair, prediction, (_, gt) in zip(pairs[start:], predictions, chunk, strict=False):
+        for pair, prediction, (_, gt) in zip(pairs[start : start + size], predictions, chunk, strict=True):
             rows.append({"id": pair.id, **image_metrics(prediction.probability, gt)})
     return write_report(rows, out_dir, title)

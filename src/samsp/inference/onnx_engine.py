@@ -40,17 +40,6 @@ def read_onnx_meta(model_dir: str | Path) -> dict:
     return meta
 
 
-ENGINE_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # --engine name -> runtime of the graph
-
-
-def check_graph_options(engine: str, iterations: int | None, flips: bool, checkpoint: str | None) -> None:
-    """Refuse, in one line, the prediction options an exported graph fixes, rather than ignore them."""
-    given = {"--iterations": iterations is not None, "--flips": flips, "--checkpoint": checkpoint is not None}
-    refused = [flag for flag, used in given.items() if used]
-    if refused:
-        raise SamspError(f"{', '.join(refused)}: not available with --engine {engine} (the exported graph fixes them)")
-
-
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-x)) in float32; very negative logits give 0 without an overflow warning."""
     with np.errstate(over="ignore"):
@@ -83,7 +72,6 @@ class OnnxPredictor:
         if not path.is_file():
             raise SamspError(f"{path}: not found (the ONNX graph that {Path(model_dir) / META_NAME} describes)")
         self.run_graph = open_graph(path, runtime, precision, threads, providers)
-        self.runtime, self.precision = runtime, precision
         self.batch_size = batch_size
         self.size = int(self.meta["input_size"])
         self.threshold = float(self.meta["threshold"])
@@ -115,3 +103,24 @@ class OnnxPredictor:
                 box = boxes[i, -1] if boxes.shape[1] and not fallback[i] else None
                 results.append(make_prediction(list(probs), box, frame, scores[i], fallback[i], self.threshold))
         return results
+
+
+ENGINE_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}  # --engine name -> runtime of the graph
+
+
+def open_engine(
+    model_dir: str | Path,
+    engine: str,
+    batch_size: int = 4,
+    precision: str = "fp32",
+    iterations: int | None = None,
+    flips: bool = False,
+    checkpoint: str | None = None,
+) -> OnnxPredictor:
+    """The `OnnxPredictor` of `--engine onnx|openvino`. The prediction options an exported graph fixes
+    (iterations, flips, base checkpoint) are refused in one line rather than ignored."""
+    given = {"--iterations": iterations is not None, "--flips": flips, "--checkpoint": checkpoint is not None}
+    refused = [flag for flag, used in given.items() if used]
+    if refused:
+        raise SamspError(f"{', '.join(refused)}: not available with --engine {engine} (the exported graph fixes them)")
+    return OnnxPredictor(model_dir, batch_size=batch_size, runtime=ENGINE_RUNTIMES[engine], precision=precision)

@@ -8,7 +8,6 @@ stays outside is what depends on each image's size: resize, normalise and pad be
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from collections.abc import Sequence
@@ -98,7 +97,7 @@ def trace_to_onnx(
 ) -> None:
     """Export `module` to ONNX at `path` with the first dimension of every input free (the batch size)."""
     batch = torch.export.Dim("batch")
-    dynamic = {name: {0: batch} for name in inspect.signature(module.forward).parameters}
+    dynamic = tuple({0: batch} for _ in example)  # one entry per positional input
     # strict (dynamo) tracing: TinyViT's `len(x)` would fix the batch size under non-strict tracing
     with torch.no_grad():
         program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=True)

@@ -26,10 +26,9 @@ def load_model(
     """The predictor and card of a run folder, export or Hub repository id (`engine` torch), or of a
     `samsp export --format onnx` folder run by ONNX Runtime (`onnx`) or OpenVINO (`openvino`)."""
     if engine != "torch":
-        from ..inference.onnx_engine import ENGINE_RUNTIMES, OnnxPredictor, check_graph_options
+        from ..inference.onnx_engine import open_engine
 
-        check_graph_options(engine, iterations, flips, checkpoint)
-        predictor = OnnxPredictor(model, batch_size=1, runtime=ENGINE_RUNTIMES[engine], precision=precision)
+        predictor = open_engine(model, engine, 1, precision, iterations, flips, checkpoint)
         return predictor, card_from_meta(predictor.meta, model_name(Path(model)))
     from ..inference.predictor import Predictor
     from ..modeling.persistence import read_model_meta, resolve_model_dir
