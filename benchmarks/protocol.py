@@ -48,6 +48,7 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP, 2 cached views (one augmented)": ["data.cache_views=2", "runtime.cache_dtype=bfloat16"],
     "SAM-SP + pass-0 Dice": ["loss.dice_first_pass=true"],
     "SAM-SP + box jitter 0.1": ["model.box_jitter=0.1"],
+    "SAM-SP + decoder LR 0.1x": ["optim.decoder_lr_scale=0.1"],
 }
 ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, ClinicDB), quoted from anchors.md
     ("PraNet", 0.898, 0.899),

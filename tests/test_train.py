@@ -202,3 +202,21 @@ def test_a_run_saved_before_newer_model_settings_existed_still_resumes(dataset, 
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     resumed = train(resume=run)
     assert len((resumed / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_the_pretrained_heads_learn_at_their_own_scaled_rate():
+    from samsp.config import ModelConfig, OptimConfig
+    from samsp.training.schedule import make_optimizer
+
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
+    optimizer, _ = make_optimizer(model, OptimConfig(lr=1e-3, decoder_lr_scale=0.0, warmup=0.0), 10)
+    assert sorted(group["lr"] for group in optimizer.param_groups) == [0.0, 1e-3]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    size = model.backbone.img_size
+    model(torch.rand(2, 3, size, size)).logits[-1].float().mean().backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)  # decoder_lr_scale=0 keeps SAM's heads as they were
+    with pytest.raises(SamspError, match="optim.decoder_lr_scale must be >= 0"):
+        OptimConfig(decoder_lr_scale=-1)

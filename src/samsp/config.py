@@ -109,6 +109,7 @@ class OptimConfig:
     time_budget_min: float | None | Auto = "auto"  # CPU: 30
     batch_size: int = 4
     lr: float = 3e-4
+    decoder_lr_scale: float = 1.0  # learning rate of SAM's pretrained prompt encoder and mask decoder = lr x this
     weight_decay: float = 0.01
     warmup: float = 0.05  # fraction of all steps with a linear warm-up
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -116,6 +117,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.decoder_lr_scale < 0:
+            raise SamspError("optim.decoder_lr_scale must be >= 0")
 
 
 @dataclass(frozen=True)

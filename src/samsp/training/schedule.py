@@ -10,6 +10,7 @@ import torch
 from ..config import OptimConfig
 
 log = logging.getLogger("samsp")
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")  # SamSP's pretrained heads, as named_parameters names them
 
 
 class WarmupCosine:
@@ -33,9 +34,15 @@ class WarmupCosine:
 
 
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig, total_steps: int):
-    """AdamW over the trainable parameters and its warm-up + cosine LambdaLR scheduler."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    """AdamW over the trainable parameters and its warm-up + cosine LambdaLR scheduler; SAM's prompt encoder and mask
+    decoder learn at `lr x decoder_lr_scale`, the adapted encoder at `lr`."""
+    groups: dict[bool, list[torch.nn.Parameter]] = {True: [], False: []}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups[name.startswith(DECODER_PREFIXES)].append(param)
+    lrs = {False: optim.lr, True: optim.lr * optim.decoder_lr_scale}
+    param_groups = [{"params": params, "lr": lrs[is_head]} for is_head, params in groups.items() if params]
+    optimizer = torch.optim.AdamW(param_groups, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, optim.warmup, optim.schedule))
     return optimizer, scheduler
 
