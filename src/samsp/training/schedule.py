@@ -36,12 +36,16 @@ class WarmupCosine:
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig, total_steps: int):
     """AdamW over the trainable parameters and its warm-up + cosine LambdaLR scheduler; SAM's prompt encoder and mask
     decoder learn at `lr x decoder_lr_scale`, the adapted encoder at `lr`."""
-    groups: dict[bool, list[torch.nn.Parameter]] = {True: [], False: []}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            groups[name.startswith(DECODER_PREFIXES)].append(param)
-    lrs = {False: optim.lr, True: optim.lr * optim.decoder_lr_scale}
-    param_groups = [{"params": params, "lr": lrs[is_head]} for is_head, params in groups.items() if params]
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    if optim.decoder_lr_scale == 1:  # one group, in parameter order: what runs saved before the setting existed hold
+        param_groups = [{"params": [param for _, param in named], "lr": optim.lr}]
+    else:
+        lrs = {False: optim.lr, True: optim.lr * optim.decoder_lr_scale}  # keyed by "is a SAM head"
+        param_groups = [
+            {"params": [p for name, p in named if name.startswith(DECODER_PREFIXES) == head], "lr": lr}
+            for head, lr in lrs.items()
+        ]
+        param_groups = [group for group in param_groups if group["params"]]  # e.g. a frozen encoder adapts nothing
     optimizer = torch.optim.AdamW(param_groups, lr=optim.lr, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, optim.warmup, optim.schedule))
     return optimizer, scheduler
