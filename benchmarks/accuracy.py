@@ -124,6 +124,7 @@ def main() -> None:
                 f"data.train_ids={out / 'train_ids.txt'}",
                 f"data.val_ids={out / 'val_ids.txt'}",
                 f"optim.epochs={args.epochs}",
+                "loss.dice_first_pass=false",  # the paper's loss: this table reproduces the paper's comparison
                 *extra,
             ],
         )

@@ -2,6 +2,7 @@
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,9 +86,10 @@ def test_every_registered_backbone_has_its_weights_source():
         assert backbone.normalization in ("minmax", "imagenet")
 
 
-@pytest.mark.parametrize("config", ["kvasir_pranet.yaml", "isic2018.yaml", "gpu_vit_b.yaml"])
-def test_shipped_configs_load(config):
-    from pathlib import Path
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
-    loaded = load_config(Path(__file__).resolve().parents[1] / "configs" / config)
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_load(config):
+    loaded = load_config(CONFIGS / config)
     assert loaded.model.backbone in BACKBONES

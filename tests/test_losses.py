@@ -38,7 +38,7 @@ def test_gradients_reach_the_student_pass_only_through_the_kl_term():
     target = (torch.rand(2, 8, 8) > 0.5).float()
     y0 = torch.randn(2, 8, 8, requires_grad=True)
     y1 = torch.randn(2, 8, 8, requires_grad=True)
-    loss, parts = samsp_loss([y0, y1], target, LossConfig(alpha=1.0))
+    loss, parts = samsp_loss([y0, y1], target, LossConfig(alpha=1.0, dice_first_pass=False))  # the paper's loss
     loss.backward()
     kl_grad = torch.autograd.grad(bernoulli_kl(y0, y1.detach()), y0)[0]
     assert torch.allclose(y0.grad, kl_grad, atol=1e-7)  # y0 gets exactly the KL gradient
@@ -52,13 +52,15 @@ def test_switches_turn_sam_sp_into_the_baselines():
     target = (torch.rand(1, 8, 8) > 0.5).float()
     y0, y1 = torch.randn(1, 8, 8), torch.randn(1, 8, 8)
     dice_only = soft_dice_loss(y1, target)
-    no_distill, _ = samsp_loss([y0, y1], target, LossConfig(distill=False))
+    no_distill, _ = samsp_loss([y0, y1], target, LossConfig(distill=False, dice_first_pass=False))
     assert torch.allclose(no_distill, dice_only)
     single, _ = samsp_loss([y0], target, LossConfig())  # no self-prompting: Dice of the only pass
     assert torch.allclose(single, soft_dice_loss(y0, target))
     with_first, parts = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=True, alpha=0.5))
     expected = dice_only + soft_dice_loss(y0, target) + 0.5 * bernoulli_kl(y0, y1)
     assert torch.allclose(with_first, expected) and "dice_pass0" in parts
+    default, _ = samsp_loss([y0, y1], target, LossConfig(alpha=0.5))  # samsp's default supervises pass 0 too
+    assert torch.allclose(default, expected)
 
 
 def test_bce_term_corrects_confident_false_positives_that_dice_leaves_alone():

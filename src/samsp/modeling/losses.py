@@ -1,4 +1,5 @@
-"""The SAM-SP loss: soft Dice on the final pass plus alpha times self-distillation from it to earlier passes.
+"""The SAM-SP loss: soft Dice on the final pass (and, by default, on pass 0) plus alpha times self-distillation from
+the final pass to earlier passes. Dice on pass 0 is not in the paper's loss (`dice_first_pass=False` restores it).
 
 An optional binary cross-entropy term (`bce`, off by default as in the paper) keeps a gradient on confident
 mistakes: soft Dice's gradient with respect to a logit carries the factor p(1 - p), which vanishes where the
