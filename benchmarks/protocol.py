@@ -27,7 +27,7 @@ import matplotlib
 import numpy as np
 import torch
 from common import ROOT, SHARED, markdown_table, write_section
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from samsp import SamSP, train
 from samsp.data.named import pranet_split
@@ -382,6 +382,8 @@ def report(out: Path, args: argparse.Namespace) -> None:
             "its numbers are close to, not equal to, the published protocol's.",
             "",
             markdown_table(header, table),
+            "",
+            paired_differences(out, names, args.seeds[0]),
         ]
     )
     print(body)
@@ -448,6 +450,49 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
     print(body)
     if not args.no_write:
         write_section("protocol-diagnosis", body)
+
+
+def paired_differences(out: Path, names: list[str], seed: int, base: str = "SAM-SP") -> str:
+    """Each row's per-image Dice minus the base row's on the same images, with a 95% bootstrap interval over the
+    images: how large a difference these split sizes can tell from the luck of which images were drawn."""
+    columns = ("val", *TESTS)
+    rows = []
+    for name in names:
+        if name == base:
+            continue
+        cells = [name]
+        for test in columns:
+            row, reference = (per_image_dice(out, f"{slug(n)}-s{seed}", test) for n in (name, base))
+            if row.size and row.size == reference.size:
+                diff = row - reference
+                ci = stats.bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", random_state=0)
+                low, high = ci.confidence_interval
+                cells.append(f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+            else:
+                cells.append("")
+        rows.append(cells)
+    header = [
+        f"row minus {base}",
+        *(f"{t} (n = {len(per_image_dice(out, f'{slug(base)}-s{seed}', t))})" for t in columns),
+    ]
+    return "\n".join(
+        [
+            f"Paired difference in per-image Dice against {base} (seed {seed}), with a 95% bootstrap interval over the "
+            "images (10000 resamples); an interval that contains 0 is a difference these images cannot tell from "
+            "chance:",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
+def per_image_dice(out: Path, tag: str, test: str) -> np.ndarray:
+    """Dice per image, ordered by image id; empty when the row was not scored on `test`."""
+    path = out / "eval" / tag / test / "per_image.csv"
+    if not path.is_file():
+        return np.array([])
+    with path.open() as handle:
+        return np.array([float(r["dice"]) for r in sorted(csv.DictReader(handle), key=lambda r: r["id"])])
 
 
 def _mean_sd(values: list[float]) -> str:
