@@ -262,6 +262,7 @@ def main() -> None:
                         f"data.val_ids={out / 'val_ids.txt'}",
                         f"optim.epochs={args.epochs}",
                         f"runtime.seed={seed}",
+                        f"runtime.cache_dir={out / 'features'}",  # a later row's process reads, not re-encodes
                         *ROWS[name],
                     ],
                 )

@@ -154,6 +154,38 @@ def test_prefix_features_are_reused_across_runs_in_a_process_but_kept_bounded(tm
     assert len(encoded) == 6  # the latest dataset was not encoded again
 
 
+def test_a_cache_dir_keeps_the_prefix_features_for_later_processes(dataset, tmp_path, monkeypatch):
+    from samsp.training import batches as batches_module
+
+    store = tmp_path / "features"
+    overrides = [*FAST, "optim.epochs=1", f"runtime.cache_dir={store}"]
+    encoded = []
+    real_encode = batches_module.Batches._encode
+    monkeypatch.setattr(batches_module.Batches, "_encode", lambda self, *a: encoded.append(1) or real_encode(self, *a))
+
+    def run(name: str) -> dict:
+        monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())  # a new process
+        return load_file(
+            str(train(data=str(dataset), out=tmp_path / name, overrides=overrides) / "last" / "weights.safetensors")
+        )
+
+    first = run("a")
+    files = sorted(store.glob("*.safetensors"))
+    assert len(encoded) == 2 and len(files) == 2  # training and validation sets, each in its own file
+    assert not list(store.glob(".*"))  # no temporary file left behind
+    second = run("b")
+    assert len(encoded) == 2  # read from disk, not encoded again
+    assert all(torch.equal(first[k], second[k]) for k in first)  # and trains exactly as before
+    files[0].write_bytes(b"not a safetensors file")
+    third = run("c")
+    assert len(encoded) == 3  # encoded again, not a failure, and the log says why
+    assert f"{files[0]}: cannot be read" in (tmp_path / "c" / "train.log").read_text()
+    assert all(torch.equal(first[k], third[k]) for k in first)
+    overrides.append("runtime.cache_dtype=bfloat16")
+    run("d")
+    assert len(encoded) == 5 and len(list(store.glob("*.safetensors"))) == 4  # another setting, other files
+
+
 def test_run_files_are_written_through_the_atomic_writer(dataset, tmp_path, monkeypatch):
     import os
 

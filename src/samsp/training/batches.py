@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 
 from ..data.prepared import PreparedSet, collate
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
+from . import feature_store
 
 # The latest training and validation sets' prefix features, so several trainings in one process (a sweep, the
 # accuracy benchmark) encode them once; older entries are dropped so a long sweep's memory stays bounded.
@@ -37,9 +39,12 @@ class Batches:
         world: int = 1,
         autocast=None,
         workers: int = 0,
+        store: Path | None = None,
+        augment_setting: str = "",
     ):
         self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
+        self.store, self.augment_setting = store, augment_setting
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
@@ -57,7 +62,7 @@ class Batches:
             model.config.backbone,
             model.config.checkpoint,
             views,
-            self.seed if views > 1 else None,
+            (self.seed, self.augment_setting) if views > 1 else None,  # view 0 is never augmented
             str(dtype),
             torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"),
         )
@@ -71,11 +76,22 @@ class Batches:
                     for fv in features
                 ]
             return features, items
-        features, items = self._encode(model, views, dtype)
+        features, items = self._read_or_encode(model, views, dtype, key[3:])
         _PREFIX_MEMO[key] = (stop, features, items)
         while len(_PREFIX_MEMO) > _PREFIX_MEMO_SIZE:
             _PREFIX_MEMO.popitem(last=False)
         return features, items
+
+    def _read_or_encode(self, model: SamSP, views: int, dtype: torch.dtype, recipe: tuple) -> tuple[list, list]:
+        """From the on-disk store when one is set and holds these features; else encoded (and stored)."""
+        if self.store is None:
+            return self._encode(model, views, dtype)
+        path = feature_store.store_path(self.store, self.data, model, model.prefix_stages, recipe)
+        cached = feature_store.load(path, len(self.data), views)
+        if cached is None:
+            cached = self._encode(model, views, dtype)
+            feature_store.save(path, *cached)
+        return cached
 
     def _encode(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
         features, items = [], []

@@ -153,6 +153,8 @@ class Trainer:
             "device": self.device,
             "dtype": dtype,
             "autocast": self.accelerator.autocast,
+            "store": Path(runtime.cache_dir).expanduser() if runtime.cache_dir else None,
+            "augment_setting": repr(data.augment),
         }
         # every process holds the whole training cache (each epoch deals it out anew); validation is split
         self.train_batches = Batches(
