@@ -51,6 +51,7 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + box jitter 0.1": [*PAPER_LOSS, "model.box_jitter=0.1"],
     # levers on top of the default recipe (SAM-SP + pass-0 Dice)
     "SAM-SP + pass-0 Dice + decoder LR 0.1x": ["loss.dice_first_pass=true", "optim.decoder_lr_scale=0.1"],
+    "SAM-SP + pass-0 Dice + box jitter 0.1": ["loss.dice_first_pass=true", "model.box_jitter=0.1"],
 }
 ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, ClinicDB), quoted from anchors.md
     ("PraNet", 0.898, 0.899),
