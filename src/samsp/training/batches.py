@@ -57,14 +57,17 @@ class Batches:
         A memo entry computed for fewer stages is advanced through the missing frozen stages instead of
         encoding the images again.
         """
-        key = (
-            tuple((p.id, str(p.image)) for p in self.data.pairs),
-            model.config.backbone,
-            model.config.checkpoint,
+        recipe = (  # what the features depend on besides the images and weights (also names the on-disk file)
             views,
             (self.seed, self.augment_setting) if views > 1 else None,  # view 0 is never augmented
             str(dtype),
             torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"),
+        )
+        key = (
+            tuple((p.id, str(p.image)) for p in self.data.pairs),
+            model.config.backbone,
+            model.config.checkpoint,
+            *recipe,
         )
         stop = model.prefix_stages
         if key in _PREFIX_MEMO and _PREFIX_MEMO[key][0] <= stop:
@@ -76,7 +79,7 @@ class Batches:
                     for fv in features
                 ]
             return features, items
-        features, items = self._read_or_encode(model, views, dtype, key[3:])
+        features, items = self._read_or_encode(model, views, dtype, recipe)
         _PREFIX_MEMO[key] = (stop, features, items)
         while len(_PREFIX_MEMO) > _PREFIX_MEMO_SIZE:
             _PREFIX_MEMO.popitem(last=False)
