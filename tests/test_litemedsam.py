@@ -85,6 +85,22 @@ def test_the_trainer_caches_the_features_that_inference_computes(kvasir):
     assert torch.allclose(torch.stack([f[0] for f in cached.features]), expected, atol=1e-5)
 
 
+def test_the_feature_store_names_litemedsam_features_by_their_frozen_weights(kvasir, tmp_path):
+    """Regression: hashing TinyViT's 0-d BatchNorm counters failed, so `runtime.cache_dir` broke LiteMedSAM."""
+    from samsp.training.feature_store import store_path
+
+    train, _ = kvasir
+    model = SamSP(ModelConfig(adapt_stages=1))
+    data = PreparedSet(train[:2], model.backbone)
+    recipe = (1, None, torch.float32, False)
+    path = store_path(tmp_path, data, model, model.prefix_stages, recipe)
+    assert path == store_path(tmp_path, data, SamSP(ModelConfig(adapt_stages=1)), model.prefix_stages, recipe)
+    with torch.no_grad():
+        next(p for n, p in model.image_encoder.named_parameters() if "lora_" not in n).add_(1e-3)
+    assert path != store_path(tmp_path, data, model, model.prefix_stages, recipe)  # other weights, other file
+    assert path != store_path(tmp_path, data, model.to(torch.bfloat16), model.prefix_stages, recipe)
+
+
 def test_a_vit_checkpoint_is_refused_for_litemedsam(tmp_path):
     wrong = tmp_path / "sam_vit_b.pth"
     torch.save(build_sam(get_backbone("tiny")).state_dict(), wrong)
