@@ -36,6 +36,7 @@ from samsp.data.splits import select, write_split
 from samsp.evaluation.evaluate import EvalSet, evaluate, load_eval_set, predict_set
 from samsp.evaluation.metrics import image_metrics
 from samsp.inference.preprocess import mask_in_frame, postprocess
+from samsp.modeling.prompts import boxes_from_masks, full_boxes, valid_region
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -114,9 +115,16 @@ def summary(out: Path, tag: str, test: str) -> dict | None:
 
 
 @torch.no_grad()
-def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dict], list[np.ndarray], list[dict]]:
-    """Per image: where the prompt-free error comes from. Returns rows, final probabilities, and drawing material."""
+def diagnose(
+    model: SamSP, data: EvalSet, pretrained: SamSP, batch_size: int = 4
+) -> tuple[list[dict], list[np.ndarray], list[dict]]:
+    """Per image: where the prompt-free error comes from. Returns rows, final probabilities, and drawing material.
+
+    `pretrained` is the backbone before fine-tuning: given the ground-truth box and the model's own box, it shows
+    how much box-following skill the fine-tuned decoder kept and how good the model's box is for a decoder that
+    follows boxes."""
     model.eval()
+    pretrained.eval()
     rows, probs, drawings = [], [], []
     size = model.backbone.img_size
     for start in range(0, len(data.ids), batch_size):
@@ -126,8 +134,16 @@ def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dic
         out = model.decoder_passes(emb, valid)
         gt_box = data.gt_boxes[start:stop]
         oracle, _ = model.decode(emb, gt_box[:, None, :].to(model.device))
+        pretrained_emb = pretrained.run_encoder(torch.stack(data.inputs[start:stop]).to(model.device))
+        if out.boxes:
+            pass0_box, empty = out.boxes[0], torch.isnan(out.boxes[0]).any(1)
+        else:  # a one-pass model: the box its mask would give
+            pass0_box, empty = boxes_from_masks((out.logits[0] > 0) & valid_region(valid, size))
+        pass0_box = torch.where(empty[:, None], full_boxes(valid), pass0_box)
+        pretrained_gt, _ = pretrained.decode(pretrained_emb, gt_box[:, None, :].to(model.device))
+        pretrained_own, _ = pretrained.decode(pretrained_emb, pass0_box[:, None])
         pass0 = (out.logits[0] > 0).cpu()
-        own_box = out.boxes[0].cpu() if out.boxes else torch.full((stop - start, 4), float("nan"))
+        own_box = out.boxes[0].cpu() if out.boxes else pass0_box.cpu()
         for i, k in enumerate(range(start, stop)):
             frame, gt = data.frames[k], data.gts[k]
             final = torch.sigmoid(postprocess(out.logits[-1][i], frame)).numpy()
@@ -144,6 +160,8 @@ def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dic
                     "dice": image_metrics(final, gt)["dice"],
                     "dice_pass0": image_metrics(first, gt)["dice"],
                     "dice_gt_box": image_metrics(with_gt_box, gt)["dice"],
+                    "dice_pretrained_gt_box": _dice(pretrained_gt[i], frame, gt),
+                    "dice_pretrained_own_box": _dice(pretrained_own[i], frame, gt),
                     "box_iou": _box_iou(own_box[i], gt_box[i]),
                     "empty_pass0": bool(out.fallback[i]),
                     "gt_polyps": int(gt_parts),
@@ -153,6 +171,10 @@ def diagnose(model: SamSP, data: EvalSet, batch_size: int = 4) -> tuple[list[dic
             probs.append(final)
             drawings.append({"box": own_box[i].numpy(), "gt_box": gt_box[i].numpy(), "frame": frame})
     return rows, probs, drawings
+
+
+def _dice(logits: torch.Tensor, frame, gt: np.ndarray) -> float:
+    return image_metrics(torch.sigmoid(postprocess(logits, frame)).numpy(), gt)["dice"]
 
 
 def _box_iou(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -177,6 +199,16 @@ def decomposition(rows: list[dict]) -> list[list]:
         ["mean Dice, ground-truth box given to the same fine-tuned decoder", float(oracle.mean())],
         ["gap: wrong box (GT-box Dice - own-box Dice)", float(oracle.mean() - dice.mean())],
         ["gap: wrong delineation (1 - GT-box Dice)", float(1 - oracle.mean())],
+    ]
+    if "dice_pretrained_gt_box" in rows[0]:  # diagnoses written before these columns existed lack them
+        table += [
+            [
+                "mean Dice, ground-truth box given to the pretrained (not fine-tuned) model",
+                _mean(rows, "dice_pretrained_gt_box"),
+            ],
+            ["mean Dice, the model's own box given to the pretrained model", _mean(rows, "dice_pretrained_own_box")],
+        ]
+    table += [
         ["images with pass-0 box IoU >= 0.8 / their mean Dice", f"{int(good.sum())} / {dice[good].mean():.3f}"],
         [
             "images with pass-0 box IoU < 0.8 / their mean Dice (GT box: Dice)",
@@ -188,6 +220,10 @@ def decomposition(rows: list[dict]) -> list[list]:
         ["median pass-0 box IoU", float(np.median(iou))],
     ]
     return table
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return float(np.mean([r[key] for r in rows]))
 
 
 def worst_panel(data: EvalSet, rows: list[dict], probs: list[np.ndarray], drawings: list[dict], path: Path) -> None:
@@ -271,11 +307,15 @@ def main() -> None:
                 (run_dir / "done").write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")
             model = SamSP.from_pretrained(run_dir)
             for test in ("val", *(TESTS if args.test else ())):
-                if summary(out, tag, test):
+                diagnosing = args.diagnose == name and seed == args.seeds[0]
+                if summary(out, tag, test) and not (
+                    diagnosing and not (out / "eval" / tag / test / "diagnosis.json").is_file()
+                ):
                     continue
                 data = eval_set(evalsets, split, test, model)
-                if args.diagnose == name and test in TESTS:
-                    rows, probs, drawings = diagnose(model, data)
+                if diagnosing:
+                    pretrained = SamSP(dataclasses.replace(model.config, strategy="frozen")).eval()
+                    rows, probs, drawings = diagnose(model, data, pretrained)
                     (out / "eval" / tag / test).mkdir(parents=True, exist_ok=True)
                     (out / "eval" / tag / test / "diagnosis.json").write_text(json.dumps(rows, indent=1))
                     worst_panel(data, rows, probs, drawings, out / "eval" / tag / test / "worst.png")
@@ -421,7 +461,7 @@ def levers_report(out: Path, args: argparse.Namespace) -> None:
 def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
     tag = f"{slug(args.diagnose)}-s{args.seeds[0]}"
     parts = []
-    for test in TESTS:
+    for test in ("val", *TESTS):
         path = out / "eval" / tag / test / "diagnosis.json"
         if not path.is_file():
             continue
@@ -430,7 +470,7 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
         if not args.no_write:
             shutil.copyfile(out / "eval" / tag / test / "worst.png", panel)
         parts += [
-            f"### {test} test ({len(rows)} images), {args.diagnose}",
+            f"### {'validation' if test == 'val' else test + ' test'} ({len(rows)} images), {args.diagnose}",
             "",
             markdown_table(["quantity", "value"], decomposition(rows)),
             "",
@@ -444,6 +484,9 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
             "Per test image: the pass-0 box against the ground-truth box, the final Dice with the model's own box, "
             "and the Dice when the same fine-tuned decoder is given the ground-truth box. The gap to a perfect score "
             "splits into what a perfect box would recover (wrong box) and what remains with it (wrong delineation). "
+            "The pretrained model (LiteMedSAM before fine-tuning) given the ground-truth box and the model's own "
+            "pass-0 box shows how much box-following skill fine-tuning kept, and how good the model's box is for a "
+            "decoder that follows boxes. "
             "Panels: the eight worst images; cyan = ground truth, green = prediction, yellow = own box, red = "
             "ground-truth box.",
             "",
