@@ -301,6 +301,9 @@ def main() -> None:
                         f"optim.epochs={args.epochs}",
                         f"runtime.seed={seed}",
                         f"runtime.cache_dir={out / 'features'}",  # a later row's process reads, not re-encodes
+                        # what "auto" chose on this CPU for the first rows, pinned: a busy moment once measured 1.0x
+                        # and trained a row in fp32 (other numerics, twice the time)
+                        "runtime.mixed_precision=bf16",
                         *ROWS[name],
                     ],
                 )

@@ -110,6 +110,31 @@ def test_numbers_in_scientific_notation_and_bare_no_are_read_as_meant(tmp_path):
     assert resolved.runtime.mixed_precision == "no"
 
 
+def test_one_slowed_round_does_not_decide_the_cpu_mixed_precision(monkeypatch):
+    """Regression: a single timing of each dtype, taken while another process held the CPU, read 1.0x on a CPU where
+    bf16 is 1.8x as fast, and a protocol row trained in fp32. A scripted clock: fp32 rounds take 2 s, bf16 rounds
+    1 s except the first, which another process slowed to 2 s."""
+    import itertools
+    import types
+
+    from samsp.training import hardware
+
+    durations = itertools.cycle([2, 2, 2, 1, 2, 1, 2, 1, 2, 1])  # fp32 and bf16 alternate, round by round
+    ticks = []
+
+    def clock() -> float:
+        if len(ticks) % 2 == 1:  # a stop: the start plus this round's duration
+            ticks.append(ticks[-1] + next(durations))
+        else:
+            ticks.append(100.0 * len(ticks))
+        return ticks[-1]
+
+    monkeypatch.setattr(hardware, "time", types.SimpleNamespace(perf_counter=clock))
+    assert hardware.cpu_bf16_speedup(n=8, repeats=1, rounds=5) == pytest.approx(2.0)
+    _, note = hardware._pick_mixed_precision(hardware.TrainConfig().runtime, torch.device("cpu"))
+    assert note.endswith("mixed precision = bf16")
+
+
 def test_augmented_batches_are_the_same_with_or_without_loader_workers(dataset, tmp_path):
     runs = []
     for workers in (0, 2):
