@@ -262,7 +262,9 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--limit", type=int, help="train on this many of the training pairs (quick lever sweeps)")
     parser.add_argument("--test", action="store_true", help="also score each row on the two test sets")
-    parser.add_argument("--diagnose", help="row whose test error is decomposed (needs --test)")
+    parser.add_argument(
+        "--diagnose", nargs="*", default=[], help="rows whose error is decomposed (val; test with --test)"
+    )
     parser.add_argument(
         "--inference-levers", action="store_true", help="score inference settings of the first row on validation"
     )
@@ -310,7 +312,7 @@ def main() -> None:
                 (run_dir / "done").write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")
             model = SamSP.from_pretrained(run_dir)
             for test in ("val", *(TESTS if args.test else ())):
-                diagnosing = args.diagnose == name and seed == args.seeds[0]
+                diagnosing = name in args.diagnose and seed == args.seeds[0]
                 if summary(out, tag, test) and not (
                     diagnosing and not (out / "eval" / tag / test / "diagnosis.json").is_file()
                 ):
@@ -462,29 +464,30 @@ def levers_report(out: Path, args: argparse.Namespace) -> None:
 
 
 def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
-    tag = f"{slug(args.diagnose)}-s{args.seeds[0]}"
     parts = []
-    for test in ("val", *TESTS):
-        path = out / "eval" / tag / test / "diagnosis.json"
-        if not path.is_file():
-            continue
-        rows = json.loads(path.read_text())
-        panel = ROOT / "benchmarks" / f"worst-{test.lower()}.png"
-        if not args.no_write:
-            shutil.copyfile(out / "eval" / tag / test / "worst.png", panel)
-        parts += [
-            f"### {'validation' if test == 'val' else test + ' test'} ({len(rows)} images), {args.diagnose}",
-            "",
-            markdown_table(["quantity", "value"], decomposition(rows)),
-            "",
-            f"![worst {test}](benchmarks/{panel.name})",
-            "",
-        ]
+    for name in args.diagnose:
+        tag = f"{slug(name)}-s{args.seeds[0]}"
+        for test in ("val", *TESTS):
+            path = out / "eval" / tag / test / "diagnosis.json"
+            if not path.is_file():
+                continue
+            rows = json.loads(path.read_text())
+            panel = ROOT / "benchmarks" / f"worst-{slug(name)}-{test.lower()}.png"
+            if not args.no_write:
+                shutil.copyfile(out / "eval" / tag / test / "worst.png", panel)
+            parts += [
+                f"### {'validation' if test == 'val' else test + ' test'} ({len(rows)} images), {name}",
+                "",
+                markdown_table(["quantity", "value"], decomposition(rows)),
+                "",
+                f"![worst {test}, {name}](benchmarks/{panel.name})",
+                "",
+            ]
     body = "\n".join(
         [
             "## Where the prompt-free error is (standard protocol)",
             "",
-            "Per test image: the pass-0 box against the ground-truth box, the final Dice with the model's own box, "
+            "Per image: the pass-0 box against the ground-truth box, the final Dice with the model's own box, "
             "and the Dice when the same fine-tuned decoder is given the ground-truth box. The gap to a perfect score "
             "splits into what a perfect box would recover (wrong box) and what remains with it (wrong delineation). "
             "The pretrained model (LiteMedSAM before fine-tuning) given the ground-truth box and the model's own "
