@@ -37,6 +37,7 @@ from samsp.evaluation.evaluate import EvalSet, evaluate, load_eval_set, predict_
 from samsp.evaluation.metrics import image_metrics
 from samsp.inference.preprocess import mask_in_frame, postprocess
 from samsp.modeling.prompts import boxes_from_masks, full_boxes, valid_region
+from samsp.training.checkpoints import state_path
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -291,6 +292,10 @@ def main() -> None:
         for seed in args.seeds:
             tag = f"{slug(name)}-s{seed}"
             run_dir = out / tag
+            if not (run_dir / "done").exists() and state_path(run_dir).is_file():  # a row cut off by a stop
+                started = time.perf_counter() - _epoch_seconds(run_dir)  # the epochs before the stop count too
+                train(resume=run_dir)
+                (run_dir / "done").write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")
             if not (run_dir / "best").is_dir() or not (run_dir / "done").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)
                 started = time.perf_counter()
@@ -335,6 +340,15 @@ def main() -> None:
     if args.test_setting:
         test_chosen_row(out, args, split, evalsets)
     report(out, args)
+
+
+def _epoch_seconds(run_dir: Path) -> float:
+    """Training seconds of the epochs a run finished (its metrics.csv), for a run resumed after a stop."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return 0.0
+    with path.open() as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f))
 
 
 def eval_set(evalsets: dict[str, EvalSet], split: dict, name: str, model: SamSP) -> EvalSet:
