@@ -130,26 +130,26 @@ def diagnose(
     size = model.backbone.img_size
     for start in range(0, len(data.ids), batch_size):
         stop = min(start + batch_size, len(data.ids))
-        emb = model.run_encoder(torch.stack(data.inputs[start:stop]).to(model.device))
+        images = torch.stack(data.inputs[start:stop]).to(model.device)
+        emb = model.run_encoder(images)
         valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]], device=model.device)
         out = model.decoder_passes(emb, valid)
         gt_box = data.gt_boxes[start:stop]
-        oracle, _ = model.decode(emb, gt_box[:, None, :].to(model.device))
-        pretrained_emb = pretrained.run_encoder(torch.stack(data.inputs[start:stop]).to(model.device))
+        gt_prompt = gt_box[:, None, :].to(model.device)
+        oracle, _ = model.decode(emb, gt_prompt)
+        pretrained_emb = pretrained.run_encoder(images)
         if out.boxes:
             pass0_box, empty = out.boxes[0], torch.isnan(out.boxes[0]).any(1)
         else:  # a one-pass model: the box its mask would give
             pass0_box, empty = boxes_from_masks((out.logits[0] > 0) & valid_region(valid, size))
         pass0_box = torch.where(empty[:, None], full_boxes(valid), pass0_box)
-        pretrained_gt, _ = pretrained.decode(pretrained_emb, gt_box[:, None, :].to(model.device))
+        pretrained_gt, _ = pretrained.decode(pretrained_emb, gt_prompt)
         pretrained_own, _ = pretrained.decode(pretrained_emb, pass0_box[:, None])
         pass0 = (out.logits[0] > 0).cpu()
         own_box = out.boxes[0].cpu() if out.boxes else pass0_box.cpu()
         for i, k in enumerate(range(start, stop)):
             frame, gt = data.frames[k], data.gts[k]
             final = torch.sigmoid(postprocess(out.logits[-1][i], frame)).numpy()
-            first = torch.sigmoid(postprocess(out.logits[0][i], frame)).numpy()
-            with_gt_box = torch.sigmoid(postprocess(oracle[i], frame)).numpy()
             h, w = frame.resized_hw
             small_gt = mask_in_frame(gt, size).numpy()
             blobs, n_blobs = ndimage.label(pass0[i, :h, :w].numpy())
@@ -159,8 +159,8 @@ def diagnose(
                 {
                     "id": data.ids[k],
                     "dice": image_metrics(final, gt)["dice"],
-                    "dice_pass0": image_metrics(first, gt)["dice"],
-                    "dice_gt_box": image_metrics(with_gt_box, gt)["dice"],
+                    "dice_pass0": _dice(out.logits[0][i], frame, gt),
+                    "dice_gt_box": _dice(oracle[i], frame, gt),
                     "dice_pretrained_gt_box": _dice(pretrained_gt[i], frame, gt),
                     "dice_pretrained_own_box": _dice(pretrained_own[i], frame, gt),
                     "box_iou": _box_iou(own_box[i], gt_box[i]),
@@ -196,7 +196,7 @@ def decomposition(rows: list[dict]) -> list[list]:
     good = iou >= 0.8
     table = [
         ["mean Dice, own box (prompt-free)", float(dice.mean())],
-        ["mean Dice, pass 0 (no prompt)", float(np.mean([r["dice_pass0"] for r in rows]))],
+        ["mean Dice, pass 0 (no prompt)", _mean(rows, "dice_pass0")],
         ["mean Dice, ground-truth box given to the same fine-tuned decoder", float(oracle.mean())],
         ["gap: wrong box (GT-box Dice - own-box Dice)", float(oracle.mean() - dice.mean())],
         ["gap: wrong delineation (1 - GT-box Dice)", float(1 - oracle.mean())],
@@ -316,15 +316,16 @@ def main() -> None:
                 )
                 (run_dir / "done").write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")
             model = SamSP.from_pretrained(run_dir)
+            diagnosing = name in args.diagnose and seed == args.seeds[0]
+            pretrained = None  # the model before fine-tuning, built when a diagnosis first needs it
             for test in ("val", *(TESTS if args.test else ())):
-                diagnosing = name in args.diagnose and seed == args.seeds[0]
-                if summary(out, tag, test) and not (
-                    diagnosing and not (out / "eval" / tag / test / "diagnosis.json").is_file()
-                ):
+                undiagnosed = diagnosing and not (out / "eval" / tag / test / "diagnosis.json").is_file()
+                if summary(out, tag, test) and not undiagnosed:
                     continue
                 data = eval_set(evalsets, split, test, model)
                 if diagnosing:
-                    pretrained = SamSP(dataclasses.replace(model.config, strategy="frozen")).eval()
+                    if pretrained is None:
+                        pretrained = SamSP(dataclasses.replace(model.config, strategy="frozen"))
                     rows, probs, drawings = diagnose(model, data, pretrained)
                     (out / "eval" / tag / test).mkdir(parents=True, exist_ok=True)
                     (out / "eval" / tag / test / "diagnosis.json").write_text(json.dumps(rows, indent=1))
