@@ -69,9 +69,20 @@ def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(dataset, tmp_path, m
     monkeypatch.setattr(Trainer, "train_step", real_step)
     state = torch.load(tmp_path / "cut" / "last" / "training_state.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1)
-    resumed = train(resume=tmp_path / "cut")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    torn = tmp_path / "cut" / "last" / f".training_state.pt.tmp-{int(dead.stdout)}"  # a writer killed mid-save
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # another rank, still at work
+    live = tmp_path / "cut" / "last" / f".rank1.safetensors.tmp-{writer.pid}"
+    torn.write_bytes(b"half a checkpoint")
+    live.write_bytes(b"being written")
+    try:
+        resumed = train(resume=tmp_path / "cut")
+    finally:
+        writer.kill()
+        writer.wait()
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must equal a straight one bit for bit"
+    assert not torn.exists() and live.exists(), "the dead writer's temporary goes, the live one's stays"
 
 
 def test_kill_9_at_ten_random_moments_then_resume_gives_the_uninterrupted_weights(dataset, tmp_path):

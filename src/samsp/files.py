@@ -27,6 +27,28 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temporaries(folder: str | Path, recursive: bool = False) -> None:
+    """Delete the temporaries a killed writer left in `folder` (`atomic_path` names them .NAME.tmp-PID); those of
+    a process still running, such as another rank's, stay."""
+    folder = Path(folder)
+    for tmp in folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows: keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_text_atomic(target: str | Path, text: str) -> Path:
     """Write a whole text file atomically (UTF-8); return its path."""
     with atomic_path(target) as tmp:

@@ -25,7 +25,7 @@ import numpy as np
 from ..data.io import read_image
 from ..data.pairs import find_images
 from ..errors import SamspError
-from ..files import atomic_path
+from ..files import atomic_path, remove_stale_temporaries
 from ..progress import Progress
 from .outputs import mask_image, overlay, summary_row, write_rows_csv
 from .prediction import BatchPredictor, Prediction
@@ -61,7 +61,8 @@ def predict_files(
     rank, world = shard()
     out_dir = Path(out_dir)
     part = PartFile(out_dir / PARTS_DIR / f"{rank:05d}.csv")
-    remove_stale_temporaries(out_dir)
+    for folder in (out_dir / "masks", out_dir / "overlays"):
+        remove_stale_temporaries(folder)
     done = finished_rows(out_dir, overlays)
     todo = [p for p in paths[rank::world] if str(p) not in done]
     written = _stream(predictor, todo, out_dir, overlays, part, prefetch, writers)
@@ -111,28 +112,6 @@ def finished_rows(out_dir: Path, overlays: bool) -> dict[str, dict]:
             if (out_dir / row["mask"]).is_file() and (not overlays or (out_dir / "overlays" / f"{stem}.png").is_file()):
                 rows[row["image"]] = {k: _typed(k, row[k]) for k in FIELDS}
     return rows
-
-
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete the temporary PNGs a killed run left behind (`atomic_path` names them .NAME.tmp-PID); those of a
-    process still running, such as another rank's, stay."""
-    for folder in (out_dir / "masks", out_dir / "overlays"):
-        for tmp in folder.glob(".*.tmp-*"):
-            pid = tmp.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and not _alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows: keep the file
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class PartFile:

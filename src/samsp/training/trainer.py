@@ -27,7 +27,7 @@ from ..data.sources import train_val_pairs
 from ..data.splits import write_split
 from ..data.transforms import build_augment
 from ..errors import Preempted, SamspError
-from ..files import write_text_atomic
+from ..files import remove_stale_temporaries, write_text_atomic
 from ..modeling.backbones import get_backbone
 from ..modeling.card import training_data
 from ..modeling.losses import samsp_loss
@@ -198,6 +198,8 @@ class Trainer:
             sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             cfg.iterations if cfg.self_prompt else 0,
         )
+        if self.accelerator.is_main_process:  # a kill -9 mid-write left .NAME.tmp-PID files behind
+            remove_stale_temporaries(self.run_dir, recursive=True)
         if not self.resume and self.accelerator.is_main_process:
             write_text_atomic(self.run_dir / "config.yaml", dump_config(self.config))
             write_text_atomic(self.run_dir / "environment.json", json.dumps(environment(self.device), indent=2))
