@@ -30,6 +30,7 @@ from common import ROOT, SHARED, markdown_table, write_section
 from scipy import ndimage, stats
 
 from samsp import SamSP, train
+from samsp.config import load_config
 from samsp.data.named import pranet_split
 from samsp.data.pairs import Pair, find_pairs
 from samsp.data.splits import select, write_split
@@ -308,9 +309,6 @@ def main() -> None:
                         f"optim.epochs={args.epochs}",
                         f"runtime.seed={seed}",
                         f"runtime.cache_dir={out / 'features'}",  # a later row's process reads, not re-encodes
-                        # what "auto" chose on this CPU for the first rows, pinned: a busy moment once measured 1.0x
-                        # and trained a row in fp32 (other numerics, twice the time)
-                        "runtime.mixed_precision=bf16",
                         *ROWS[name],
                     ],
                 )
@@ -410,7 +408,7 @@ def report(out: Path, args: argparse.Namespace) -> None:
         "Kvasir mIoU",
         "ClinicDB mDice",
         "ClinicDB mIoU",
-        "train min",
+        "train min (mixed precision)",
     ]
     table = []
     for name in names:
@@ -421,7 +419,10 @@ def report(out: Path, args: argparse.Namespace) -> None:
                 values = [s[key] for t in tags if (s := summary(out, t, test))]
                 cells.append(_mean_sd(values))
         minutes = [float((out / t / "done").read_text()) for t in tags if (out / t / "done").exists()]
-        cells.append(f"{np.mean(minutes):.0f}" if minutes else "")
+        precisions = sorted(
+            {load_config(out / t / "config.yaml").runtime.mixed_precision for t in tags if (out / t / "done").exists()}
+        )
+        cells.append(f"{np.mean(minutes):.0f} ({', '.join(precisions)})" if minutes else "")
         table.append(cells)
         if args.test_setting:
             cells = [f"{name}, {args.test_setting}", cells[1]]

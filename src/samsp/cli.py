@@ -76,8 +76,11 @@ def _data_config(args: argparse.Namespace):
 def _predictor(args: argparse.Namespace):
     from .inference.predictor import Predictor
     from .modeling.sam_sp import SamSP
+    from .training.hardware import forced_bf16_warning
 
     model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
+    if args.precision == "bf16" and (slow := forced_bf16_warning(model.device)):
+        print(f"samsp: warning: {slow}", file=sys.stderr)
     return Predictor(model, args.precision, args.batch_size, args.iterations, args.flips)
 
 

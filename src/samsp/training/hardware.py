@@ -64,8 +64,25 @@ def _pick_mixed_precision(runtime, device: torch.device):
         return dataclasses.replace(runtime, mixed_precision=choice), f"GPU: mixed precision = {choice}"
     speedup = cpu_bf16_speedup()
     choice = "bf16" if speedup >= 1.5 else "no"
-    note = f"CPU: bf16 matrix multiply measured {speedup:.1f}x as fast as fp32, so mixed precision = {choice}"
+    note = f"CPU: bf16 matrix multiply measured {speedup:.2g}x as fast as fp32, so mixed precision = {choice}"
     return dataclasses.replace(runtime, mixed_precision=choice), note
+
+
+def forced_bf16_warning(device: torch.device) -> str | None:
+    """A sentence for a run told to use bf16 on a CPU that computes it slower than fp32, else None.
+
+    CPUs without bf16 units (AVX2 ones, such as AMD EPYC before Zen 4) emulate it: a matrix multiply measured 0.01x
+    as fast as fp32 on one, so a bf16 run there takes many times longer than an fp32 one.
+    """
+    if device.type != "cpu":
+        return None
+    speedup = cpu_bf16_speedup()
+    if speedup >= 1.0:
+        return None
+    return (
+        f"bf16 was asked for, but this CPU computes a bf16 matrix multiply at {speedup:.2g}x the speed of fp32 "
+        "(it has no bf16 units): expect a run many times slower than in fp32 (mixed precision auto or no)"
+    )
 
 
 def cpu_bf16_speedup(n: int = 512, repeats: int = 4, rounds: int = 5) -> float:

@@ -36,7 +36,7 @@ from ..modeling.sam_sp import SamSP
 from ..progress import Progress
 from .batches import Batches
 from .checkpoints import load_state, save_state, state_path
-from .hardware import environment, pick_device, resolve_auto, set_seed
+from .hardware import environment, forced_bf16_warning, pick_device, resolve_auto, set_seed
 from .history import write_history
 from .schedule import make_optimizer, replan_epochs
 
@@ -105,6 +105,7 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         device = pick_device(self.config.runtime.device)
+        slow_bf16 = forced_bf16_warning(device) if self.config.runtime.mixed_precision == "bf16" else None
         self.config, notes = resolve_auto(self.config, device)
         self.notes += notes
         # accelerate keeps one precision per process; a sweep or test suite runs several trainings in one process
@@ -120,6 +121,8 @@ class Trainer:
         self.train_pairs, self.val_pairs = train_val_pairs(self.config.data, runtime.seed)  # bad data: no folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.setup_logging()
+        if slow_bf16:
+            log.warning("warning: %s", slow_bf16)
         log.info(
             "data: %d training and %d validation pairs from %s",
             len(self.train_pairs),
