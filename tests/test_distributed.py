@@ -26,7 +26,10 @@ SETTINGS = [
     "runtime.mixed_precision=no",
     "optim.epochs=6",
 ]
-TOLERANCE = 2e-5  # max |difference| of any weight: gradients are summed across processes in another order
+# max |difference| of any weight: gradients are summed across processes in another order. An AVX2 CPU (no AVX-512)
+# measured 3.5e-5 after 36 steps, an AVX-512 one less than 2e-5; a wrong global batch or gradient scale moves
+# weights by the order of the learning rate (3e-4) per step
+TOLERANCE = 1e-4
 
 
 def free_port() -> int:

@@ -8,6 +8,7 @@ from helpers import make_dataset
 from safetensors.torch import load_file
 
 from samsp import SamSP, train
+from samsp.config import load_config
 from samsp.errors import SamspError
 
 FAST = [
@@ -152,6 +153,35 @@ def test_bf16_asked_for_on_a_cpu_without_bf16_units_is_logged_as_a_warning(
     log = (tmp_path / "run" / "train.log").read_text()
     assert ("warning: bf16 was asked for, but this CPU computes a bf16 matrix multiply at 0.013x" in log) == warned
     assert trainer.config.runtime.mixed_precision == "bf16"  # a warning, not a silent change of what was asked
+
+
+@pytest.mark.parametrize(("budget_min", "strategy"), [(1e-4, "frozen"), (1e4, "lora")])
+def test_a_cpu_budget_too_short_for_two_lora_epochs_trains_the_decoder_only(dataset, tmp_path, budget_min, strategy):
+    """On an AVX2 CPU the main job's 7 minutes fitted one LoRA epoch (0.719 Kvasir mDice); a frozen encoder fitted
+    three (0.789). The choice is made from a timed probe step before anything is cached."""
+    from samsp import Trainer
+    from samsp.config import TrainConfig, apply_overrides
+
+    overrides = [*FAST, f"data.path={dataset}", f"optim.time_budget_min={budget_min}"]
+    trainer = Trainer(apply_overrides(TrainConfig(), overrides), tmp_path / "run")
+    trainer.setup()
+    lora_stages = list(trainer.model.adapted)
+    trainer.choose_adaptation()
+    assert trainer.config.model.strategy == strategy and lora_stages
+    assert trainer.model.adapted == ([] if strategy == "frozen" else lora_stages)
+    assert any("training the decoder only" in note for note in trainer.notes) == (strategy == "frozen")
+
+
+def test_a_frozen_fallback_run_records_and_logs_its_choice(dataset, tmp_path):
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.time_budget_min=1e-4"])
+    assert load_config(run / "config.yaml").model.strategy == "frozen"
+    assert "fewer than 2: training the decoder only (frozen encoder)" in (run / "train.log").read_text()
+    explicit = train(
+        data=str(dataset),
+        out=tmp_path / "kept",
+        overrides=[*FAST, "optim.time_budget_min=1e-4", "model.adapt_stages=1"],
+    )
+    assert load_config(explicit / "config.yaml").model.strategy == "lora"  # set explicitly: kept
 
 
 def test_augmented_batches_are_the_same_with_or_without_loader_workers(dataset, tmp_path):
