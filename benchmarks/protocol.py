@@ -421,10 +421,9 @@ def report(out: Path, args: argparse.Namespace) -> None:
             for key in keys:
                 values = [s[key] for t in tags if (s := summary(out, t, test))]
                 cells.append(_mean_sd(values))
-        minutes = [float((out / t / "done").read_text()) for t in tags if (out / t / "done").exists()]
-        precisions = sorted(
-            {load_config(out / t / "config.yaml").runtime.mixed_precision for t in tags if (out / t / "done").exists()}
-        )
+        trained = [t for t in tags if (out / t / "done").exists()]
+        minutes = [float((out / t / "done").read_text()) for t in trained]
+        precisions = sorted({load_config(out / t / "config.yaml").runtime.mixed_precision for t in trained})
         cells.append(f"{np.mean(minutes):.0f} ({', '.join(precisions)})" if minutes else "")
         table.append(cells)
         if args.test_setting:

@@ -172,8 +172,18 @@ def test_a_cpu_budget_too_short_for_two_lora_epochs_trains_the_decoder_only(data
     assert any("training the decoder only" in note for note in trainer.notes) == (strategy == "frozen")
 
 
-def test_a_frozen_fallback_run_records_and_logs_its_choice(dataset, tmp_path):
+def test_a_frozen_fallback_run_records_and_logs_its_choice(dataset, tmp_path, monkeypatch):
+    from samsp.training import batches as batches_module
+
+    monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())
+    encoded = []
+    real_encode = batches_module.Batches._encode
+    monkeypatch.setattr(batches_module.Batches, "_encode", lambda self, *a: encoded.append(1) or real_encode(self, *a))
+    train(data=str(dataset), out=tmp_path / "first", overrides=[*FAST, "optim.epochs=1"])
     run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.time_budget_min=1e-4"])
+    # the first run's training and validation sets, then the probe batch only: the probe stays out of the memo, so
+    # the second run advances the first run's features instead of encoding its sets again
+    assert len(encoded) == 3
     assert load_config(run / "config.yaml").model.strategy == "frozen"
     assert "fewer than 2: training the decoder only (frozen encoder)" in (run / "train.log").read_text()
     explicit = train(

@@ -41,10 +41,11 @@ class Batches:
         workers: int = 0,
         store: Path | None = None,
         augment_setting: str = "",
+        memo: bool = True,
     ):
         self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
-        self.store, self.augment_setting = store, augment_setting
+        self.store, self.augment_setting, self.memo = store, augment_setting, memo
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
@@ -52,7 +53,8 @@ class Batches:
                 self.features, self.items = self._cache(model, views, dtype)
 
     def _cache(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
-        """Prefix features per image and view; reused across runs in one process (benchmarks, sweeps).
+        """Prefix features per image and view; reused across runs in one process (benchmarks, sweeps) unless
+        `memo` is off (a throw-away probe must not push a sweep's sets out of the memo).
 
         A memo entry computed for fewer stages is advanced through the missing frozen stages instead of
         encoding the images again.
@@ -70,6 +72,8 @@ class Batches:
             *recipe,
         )
         stop = model.prefix_stages
+        if not self.memo:
+            return self._read_or_encode(model, views, dtype, recipe)
         if key in _PREFIX_MEMO and _PREFIX_MEMO[key][0] <= stop:
             _PREFIX_MEMO.move_to_end(key)
             start, features, items = _PREFIX_MEMO[key]
@@ -114,7 +118,7 @@ class Batches:
         return (self.seed * 1_000_003 + epoch * 10_007 + index) % (2**31)
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(range(self.rank, len(self.data), self.world)) / self.batch_size)
+        return steps_per_epoch(len(self.data), self.batch_size, self.rank, self.world)
 
     def epoch(self, epoch: int, start_step: int = 0):
         """Yield this process's batches for `epoch` from `start_step` on (a resumed epoch skips what was done);
@@ -149,3 +153,8 @@ class _EpochSamples(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         i = self.order[k]
         return self.data.item(i, seed=self.seed_of(self.epoch, i))
+
+
+def steps_per_epoch(n: int, batch_size: int, rank: int = 0, world: int = 1) -> int:
+    """Batches one process takes per epoch when `n` samples are dealt out over `world` processes."""
+    return math.ceil(len(range(rank, n, world)) / batch_size)

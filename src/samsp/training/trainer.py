@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import signal
 import sys
 import threading
@@ -35,7 +34,7 @@ from ..modeling.losses import samsp_loss
 from ..modeling.prompts import valid_region
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
-from .batches import Batches
+from .batches import Batches, steps_per_epoch
 from .checkpoints import load_state, save_state, state_path
 from .hardware import environment, forced_bf16_warning, pick_device, resolve_auto, set_seed
 from .history import write_history
@@ -126,6 +125,8 @@ class Trainer:
         set_seed(runtime.seed)
         self.train_pairs, self.val_pairs = train_val_pairs(self.config.data, runtime.seed)  # bad data: no folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.accelerator.is_main_process:  # a kill -9 mid-write left .NAME.tmp-PID files behind
+            remove_stale_temporaries(self.run_dir, recursive=True)
         self.setup_logging()
         if slow_bf16:
             log.warning("warning: %s", slow_bf16)
@@ -167,11 +168,12 @@ class Trainer:
             device=self.device,
             dtype=getattr(torch, self.config.runtime.cache_dtype),
             autocast=self.accelerator.autocast,
+            memo=False,
         )
         with torch.random.fork_rng(devices=[]):  # the probe leaves the seeded run as it would be without it
             step_s = self.step_seconds(batches)
-        steps = math.ceil(len(self.train_pairs) / self.accelerator.num_processes / self.config.optim.batch_size)
-        fit = self.epochs_fit(steps, step_s)
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        fit = self.epochs_fit(steps_per_epoch(len(self.train_pairs), self.config.optim.batch_size, rank, world), step_s)
         if fit >= MIN_LORA_EPOCHS:
             return
         adapted = ", ".join(self.model.adapted)
@@ -248,8 +250,6 @@ class Trainer:
             sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             cfg.iterations if cfg.self_prompt else 0,
         )
-        if self.accelerator.is_main_process:  # a kill -9 mid-write left .NAME.tmp-PID files behind
-            remove_stale_temporaries(self.run_dir, recursive=True)
         if not self.resume and self.accelerator.is_main_process:
             write_text_atomic(self.run_dir / "config.yaml", dump_config(self.config))
             write_text_atomic(self.run_dir / "environment.json", json.dumps(environment(self.device), indent=2))
