@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,3 +74,12 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048) -> float:
     a = torch.randn(n, n, dtype=dtype)
     seconds = best_of(lambda: a @ a, 3)
     return 2 * n**3 / seconds
+
+
+def paired_interval(diff: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-image differences and its 95% percentile bootstrap interval (10000 resamples, seeded): how large
+    a difference these images can tell from the luck of which images were drawn."""
+    from scipy import stats
+
+    ci = stats.bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", random_state=0)
+    return float(diff.mean()), float(ci.confidence_interval.low), float(ci.confidence_interval.high)

@@ -93,7 +93,7 @@ def test_empty_first_pass_uses_the_configured_fallback(fallback):
 
 @pytest.mark.parametrize(
     ("strategy", "adapt", "encoder_trains"),
-    [("lora", None, "lora"), ("lora", 1, "lora"), ("frozen", None, "none"), ("full", 1, "last")],
+    [("lora", None, "lora"), ("lora", 1, "lora"), ("frozen", None, "none"), ("full", 1, "last"), ("full", 0, "neck")],
 )
 def test_only_the_intended_parameters_train(strategy, adapt, encoder_trains):
     model = tiny(strategy=strategy, adapt_stages=adapt)
@@ -108,9 +108,11 @@ def test_only_the_intended_parameters_train(strategy, adapt, encoder_trains):
             assert all(".blocks.1." in n for n in enc)
     elif encoder_trains == "none":
         assert not enc
+    elif encoder_trains == "neck":
+        assert enc and all(".neck." in n for n in enc)
     else:
         assert enc and all(".blocks.1." in n or ".neck." in n for n in enc)
-    expected_prefix = {None: 0, 1: 2}[adapt] if strategy != "frozen" else 4
+    expected_prefix = {None: 0, 1: 2, 0: 3}[adapt] if strategy != "frozen" else 4
     assert model.prefix_stages == expected_prefix
 
 
@@ -143,6 +145,24 @@ def test_a_step_changes_lora_and_decoder_but_not_the_frozen_encoder():
             assert torch.equal(p, frozen[n]), n
     assert any(not torch.equal(p, lora_before[n]) for n, p in model.named_parameters() if "lora_B" in n)
     assert not torch.equal(model.mask_decoder.output_upscaling[0].weight, decoder_before)
+
+
+def test_neck_only_trains_the_neck_from_cached_features():
+    model = tiny(strategy="full", adapt_stages=0)
+    assert model.trained_stages == ["neck"]
+    model.train()
+    assert model.image_encoder.neck.training and not model.image_encoder.blocks[1].training
+    features = model.encode_prefix(image_batch())
+    assert features.shape[1:] == (8, 8, 48)  # the last block's tokens: the neck runs in each step
+    before = {n: p.detach().clone() for n, p in model.image_encoder.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    target = torch.zeros(2, 128, 128)
+    target[:, 30:90, 40:100] = 1
+    loss, _ = samsp_loss(model(features=features).logits, target, LossConfig())
+    loss.backward()
+    opt.step()
+    changed = {n for n, p in model.image_encoder.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith("neck.") for n in changed)
 
 
 def _train_a_little(model: SamSP) -> SamSP:

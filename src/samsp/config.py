@@ -32,7 +32,7 @@ class ModelConfig:
 
     backbone: BackboneName = "litemedsam"
     checkpoint: str | None = None  # base SAM weights; None = bundled (litemedsam) or the cached official file
-    strategy: Strategy = "lora"  # how the image encoder trains
+    strategy: Strategy = "lora"  # how the image encoder trains; "full" trains the adapted stages and the neck
     adapt_stages: int | None | Auto = None  # trailing encoder stages that train (None = all); the rest is frozen
     lora_rank: int = 4
     lora_alpha: float = 4.0

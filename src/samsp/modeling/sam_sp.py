@@ -68,11 +68,18 @@ class SamSP(PretrainedMixin, nn.Module):
 
     # ----- encoder -----
     @property
+    def trained_stages(self) -> list[str]:
+        """Encoder stages whose weights train: the adapted ones, and under strategy `full` the neck too (so `full`
+        with `adapt_stages=0` trains the neck alone, a cheap adaptation of the embeddings)."""
+        if self.config.strategy == "full" and "neck" in self.stage_names:
+            return [*self.adapted, "neck"]
+        return list(self.adapted)
+
+    @property
     def prefix_stages(self) -> int:
         """How many leading encoder stages never train: their output can be computed once and cached."""
-        if not self.adapted:
-            return len(self.stage_names)
-        return self.stage_names.index(self.adapted[0])
+        trained = self.trained_stages
+        return self.stage_names.index(trained[0]) if trained else len(self.stage_names)
 
     def run_encoder(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run encoder stages [start, stop): start=0 takes images, start=prefix_stages takes cached features."""
@@ -157,7 +164,7 @@ class SamSP(PretrainedMixin, nn.Module):
             encoder = base_encoder(self.image_encoder)
             encoder.eval()
             if self.config.strategy == "full":
-                for name in (*self.adapted, "neck"):
+                for name in self.trained_stages:
                     encoder.get_submodule(name).train()
                 for module in encoder.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
