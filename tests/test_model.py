@@ -197,8 +197,10 @@ def test_merged_model_predicts_the_same_masks_without_peft():
     assert (a.mask == b.mask).mean() > 0.999
 
 
-def test_save_and_load_round_trip_trainable_and_full(tmp_path):
-    model = _train_a_little(tiny())
+@pytest.mark.parametrize("settings", [{}, {"strategy": "full", "adapt_stages": 0}], ids=["lora", "neck"])
+def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings):
+    model = _train_a_little(tiny(**settings))
+    assert any(name.startswith("image_encoder.neck.") for name in model.trainable_state_dict()) == bool(settings)
     model.save_pretrained(tmp_path / "m")
     loaded = SamSP.from_pretrained(tmp_path / "m")
     x = image_batch(1)
