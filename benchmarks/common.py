@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import datetime
 import os
 import platform
@@ -83,3 +84,9 @@ def paired_interval(diff: np.ndarray) -> tuple[float, float, float]:
 
     ci = stats.bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", random_state=0)
     return float(diff.mean()), float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+
+
+def read_per_image_dice(path: Path) -> dict[str, float]:
+    """Image id -> Dice from a `per_image.csv` that `samsp evaluate` wrote."""
+    with path.open(newline="") as handle:
+        return {row["id"]: float(row["dice"]) for row in csv.DictReader(handle)}

@@ -8,12 +8,11 @@ Each argument is a folder holding `per_image.csv` (what `samsp evaluate` writes)
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
 import numpy as np
-from common import paired_interval
+from common import paired_interval, read_per_image_dice
 
 DEMO_ROW = Path("eval/SAM-SP_fine-tuned/none")
 
@@ -25,8 +24,7 @@ def per_image_dice(folder: Path) -> dict[str, float]:
         path = folder / DEMO_ROW / "per_image.csv"
     if not path.is_file():
         sys.exit(f"{folder}: no per_image.csv (an evaluation folder or a samsp demo folder is expected)")
-    with path.open(newline="") as handle:
-        return {row["id"]: float(row["dice"]) for row in csv.DictReader(handle)}
+    return read_per_image_dice(path)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from common import ROOT, SHARED, markdown_table, paired_interval, write_section
+from common import ROOT, SHARED, markdown_table, paired_interval, read_per_image_dice, write_section
 from scipy import ndimage
 
 from samsp import SamSP, train
@@ -558,8 +558,8 @@ def per_image_dice(out: Path, tag: str, test: str) -> np.ndarray:
     path = out / "eval" / tag / test / "per_image.csv"
     if not path.is_file():
         return np.array([])
-    with path.open() as handle:
-        return np.array([float(r["dice"]) for r in sorted(csv.DictReader(handle), key=lambda r: r["id"])])
+    dice = read_per_image_dice(path)
+    return np.array([dice[key] for key in sorted(dice)])
 
 
 def _mean_sd(values: list[float]) -> str:

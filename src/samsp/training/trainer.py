@@ -109,7 +109,7 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         device = pick_device(self.config.runtime.device)
-        # a CPU run whose encoder adaptation and epochs are both left to samsp may fall back to a frozen encoder
+        # a CPU run whose encoder adaptation and epochs are both left to samsp may fall back to training the neck
         self.adaptation_is_auto = self.config.model.adapt_stages == "auto" and self.config.optim.epochs == "auto"
         slow_bf16 = forced_bf16_warning(device) if self.config.runtime.mixed_precision == "bf16" else None
         self.config, notes = resolve_auto(self.config, device)
