@@ -37,11 +37,13 @@ def command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section between `<!-- name -->` markers in BENCHMARKS.md."""
+def write_section(name: str, body: str, ran_on: str | None = None) -> None:
+    """Replace (or append) the section between `<!-- name -->` markers in BENCHMARKS.md. `ran_on` names the machine
+    the figures were measured on, when that is not this one (a table rebuilt here from another machine's runs)."""
     stamp = datetime.date.today().isoformat()
+    where = f"{ran_on}; table built on {machine()}" if ran_on else machine()
     block = (
-        f"<!-- {name} -->\n{body.rstrip()}\n\nCommand: `{command()}`  \nMachine: {machine()}  \nDate: {stamp}\n"
+        f"<!-- {name} -->\n{body.rstrip()}\n\nCommand: `{command()}`  \nMachine: {where}  \nDate: {stamp}\n"
         f"<!-- /{name} -->"
     )
     text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"

@@ -39,6 +39,7 @@ from samsp.evaluation.metrics import image_metrics
 from samsp.inference.preprocess import mask_in_frame, postprocess
 from samsp.modeling.prompts import boxes_from_masks, full_boxes, valid_region
 from samsp.training.checkpoints import state_path
+from samsp.training.hardware import pick_device
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -59,6 +60,7 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # pass 0 picks the wrong structure (diagnosis): more of the encoder adapts; the prefix cache then stops earlier
     "SAM-SP + pass-0 Dice + 2 adapted stages": [*PASS0_DICE, "model.adapt_stages=2"],
     "SAM-SP + pass-0 Dice, every stage adapted (GPU)": [*PASS0_DICE, "model.adapt_stages=null"],
+    "SAMed-style one pass, every stage adapted (GPU)": ["model.self_prompt=false", "model.adapt_stages=null"],
     # the CPU fallback when LoRA is too slow: the encoder body frozen and cached whole, its neck trains with the decoder
     "SAM-SP + pass-0 Dice, neck only": [*PASS0_DICE, "model.strategy=full", "model.adapt_stages=0"],
 }
@@ -265,6 +267,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "protocol"))
     parser.add_argument("--rows", nargs="*", help="row names (default: all)")
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument(
+        "--minutes", type=float, help="train each row for this time budget (epochs planned from measured speed)"
+    )
+    parser.add_argument(
+        "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", help="a setting for every row"
+    )
+    parser.add_argument("--base", default="SAM-SP", help="the row the paired differences are taken against")
+    parser.add_argument("--section", default="protocol", help="the BENCHMARKS.md section the table replaces")
+    parser.add_argument(
+        "--title",
+        default="Standard protocol: Kvasir-SEG + CVC-ClinicDB PraNet training ids, PraNet test sets",
+        help="the heading of that section",
+    )
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--val-fraction", type=float, default=0.05)
     parser.add_argument("--limit", type=int, help="train on this many of the training pairs (quick lever sweeps)")
@@ -311,14 +326,15 @@ def main() -> None:
                         f"data.csv={out / 'pairs.csv'}",
                         f"data.train_ids={out / 'train_ids.txt'}",
                         f"data.val_ids={out / 'val_ids.txt'}",
-                        f"optim.epochs={args.epochs}",
+                        *budget_overrides(args),
                         f"runtime.seed={seed}",
                         f"runtime.cache_dir={out / 'features'}",  # a later row's process reads, not re-encodes
                         *ROWS[name],
+                        *args.extra,
                     ],
                 )
                 (run_dir / "done").write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")
-            model = SamSP.from_pretrained(run_dir)
+            model = SamSP.from_pretrained(run_dir).to(pick_device("auto"))  # scored on the GPU where there is one
             diagnosing = name in args.diagnose and seed == args.seeds[0]
             pretrained = None  # the model before fine-tuning, built when a diagnosis first needs it
             for test in ("val", *(TESTS if args.test else ())):
@@ -346,6 +362,13 @@ def main() -> None:
     report(out, args)
 
 
+def budget_overrides(args: argparse.Namespace) -> list[str]:
+    """Fixed epochs, or a time budget that the trainer fills with as many epochs as fit (on a CPU or a GPU)."""
+    if args.minutes:
+        return ["optim.epochs=auto", f"optim.time_budget_min={args.minutes:g}"]
+    return [f"optim.epochs={args.epochs}"]
+
+
 def _epoch_seconds(run_dir: Path) -> float:
     """Training seconds of the epochs a run finished (its metrics.csv), for a run resumed after a stop."""
     path = run_dir / "metrics.csv"
@@ -371,7 +394,7 @@ def test_chosen_row(out: Path, args: argparse.Namespace, split: dict, evalsets: 
     chosen = max(val, key=val.get)
     logging.info("chosen on validation with %s: %s (val mDice %.3f)", args.test_setting, chosen, val[chosen])
     for seed in args.seeds:
-        model = SamSP.from_pretrained(out / f"{slug(chosen)}-s{seed}")
+        model = SamSP.from_pretrained(out / f"{slug(chosen)}-s{seed}").to(pick_device("auto"))
         tests = {test: eval_set(evalsets, split, test, model) for test in TESTS}
         score_setting(model, tests, out, f"{slug(chosen)}-s{seed}", args.test_setting)
 
@@ -426,7 +449,7 @@ def report(out: Path, args: argparse.Namespace) -> None:
         trained = [t for t in tags if (out / t / "done").exists()]
         minutes = [float((out / t / "done").read_text()) for t in trained]
         precisions = sorted({load_config(out / t / "config.yaml").runtime.mixed_precision for t in trained})
-        cells.append(f"{np.mean(minutes):.0f} ({', '.join(precisions)})" if minutes else "")
+        cells.append(f"{np.mean(minutes):.1f} ({', '.join(precisions)})" if minutes else "")
         table.append(cells)
         if args.test_setting:
             cells = [f"{name}, {args.test_setting}", cells[1]]
@@ -436,31 +459,47 @@ def report(out: Path, args: argparse.Namespace) -> None:
             if cells[2]:  # scored with the setting at least on validation
                 table.append([*cells, ""])
     table += [[f"{n} (published, not run)", "", "", k, "", c, "", ""] for n, k, c in ANCHORS]
+    training = f"A {args.minutes:g}-minute budget per row" if args.minutes else f"{args.epochs} epochs"
+    if args.extra:
+        training += f" ({', '.join(args.extra)} for every row)"
     n_train = len((out / "train_ids.txt").read_text().split())
     n_val = len((out / "val_ids.txt").read_text().split())
     body = "\n".join(
         [
-            "## Standard protocol: Kvasir-SEG + CVC-ClinicDB PraNet training ids, PraNet test sets",
+            f"## {args.title}",
             "",
             f"Training: {n_train} of the 1447 PraNet training images (900 Kvasir-SEG + 547 of our CVC-ClinicDB copy), "
             f"{n_val} carved off (seeded) for validation; every setting is chosen on that validation split, and the "
-            f"test sets are scored once per final configuration. {args.epochs} epochs, LiteMedSAM, CPU defaults "
+            f"test sets are scored once per final configuration. {training}, LiteMedSAM, the device's defaults "
             "otherwise. Test: the 100 Kvasir and 62 ClinicDB PraNet test images, prompt-free, fp32, at original size. "
             "Our ClinicDB copy is the third-party 256x256 JPEG one (aspect ratio lost, 3 training frames missing), so "
             "its numbers are close to, not equal to, the published protocol's.",
             "",
             markdown_table(header, table),
             "",
-            paired_differences(out, names, args.seeds[0]),
+            paired_differences(out, names, args.seeds, args.base),
         ]
     )
     print(body)
     if not args.no_write:
-        write_section("protocol", body)
+        write_section(args.section, body, ran_on=runs_machine(out, names, args.seeds) if args.report_only else None)
     if args.diagnose:
         diagnosis_report(out, args)
     if args.inference_levers:
         levers_report(out, args)
+
+
+def runs_machine(out: Path, names: list[str], seeds: list[int]) -> str | None:
+    """Where the rows in `out` trained, from their environment.json files (device, GPU, torch, CPU threads)."""
+    seen = set()
+    for name in names:
+        for seed in seeds:
+            path = out / f"{slug(name)}-s{seed}" / "environment.json"
+            if path.is_file():
+                env = json.loads(path.read_text())
+                device = env.get("gpu") or env.get("device", "?")
+                seen.add(f"{device}, {env.get('cpu_threads', '?')} CPU threads, torch {env.get('torch', '?')}")
+    return "trained and scored on " + "; ".join(sorted(seen)) if seen else None
 
 
 def levers_report(out: Path, args: argparse.Namespace) -> None:
@@ -524,33 +563,49 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
         write_section("protocol-diagnosis", body)
 
 
-def paired_differences(out: Path, names: list[str], seed: int, base: str = "SAM-SP") -> str:
+def paired_differences(out: Path, names: list[str], seeds: list[int], base: str = "SAM-SP") -> str:
     """Each row's per-image Dice minus the base row's on the same images, with a 95% bootstrap interval over the
-    images: how large a difference these split sizes can tell from the luck of which images were drawn."""
-    reference = {test: per_image_dice(out, f"{slug(base)}-s{seed}", test) for test in ("val", *TESTS)}
+    images: how large a difference these split sizes can tell from the luck of which images were drawn. With several
+    seeds, one line per seed and one for each image's Dice averaged over the seeds (training noise averaged out)."""
+    tests = ("val", *TESTS)
+    reference = {test: _seed_dice(out, base, seeds, test) for test in tests}
+    if not any(d.size for dice in reference.values() for d in dice):
+        return ""  # the base row was not run into this folder
     rows = []
     for name in names:
         if name == base:
             continue
-        cells = [name]
-        for test, base_dice in reference.items():
-            row = per_image_dice(out, f"{slug(name)}-s{seed}", test)
-            if row.size and row.size == base_dice.size:
-                mean, low, high = paired_interval(row - base_dice)
-                cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-            else:
-                cells.append("")
-        rows.append(cells)
-    header = [f"row minus {base}", *(f"{test} (n = {dice.size})" for test, dice in reference.items())]
+        dice = {test: _seed_dice(out, name, seeds, test) for test in tests}
+        for k, label in enumerate([f"seed {s}" for s in seeds] + (["mean over seeds"] if len(seeds) > 1 else [])):
+            cells = [f"{name}, {label}" if len(seeds) > 1 else name]
+            for test in tests:
+                row, base_dice = dice[test][k], reference[test][k]
+                if row.size and row.size == base_dice.size:
+                    mean, low, high = paired_interval(row - base_dice)
+                    cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+                else:
+                    cells.append("")
+            rows.append(cells)
+    n = {test: max((d.size for d in reference[test]), default=0) for test in tests}
+    header = [f"row minus {base}", *(f"{test} (n = {n[test]})" for test in tests)]
     return "\n".join(
         [
-            f"Paired difference in per-image Dice against {base} (seed {seed}), with a 95% bootstrap interval over the "
+            f"Paired difference in per-image Dice against {base}, with a 95% bootstrap interval over the "
             "images (10000 resamples); an interval that contains 0 is a difference these images cannot tell from "
             "chance:",
             "",
             markdown_table(header, rows),
         ]
     )
+
+
+def _seed_dice(out: Path, name: str, seeds: list[int], test: str) -> list[np.ndarray]:
+    """Per-image Dice of each seed, then (for several seeds scored on the same images) their per-image mean."""
+    per_seed = [per_image_dice(out, f"{slug(name)}-s{seed}", test) for seed in seeds]
+    if len(seeds) > 1:
+        sizes = {d.size for d in per_seed}
+        per_seed.append(np.mean(per_seed, axis=0) if len(sizes) == 1 and 0 not in sizes else np.array([]))
+    return per_seed
 
 
 def per_image_dice(out: Path, tag: str, test: str) -> np.ndarray:

@@ -111,6 +111,21 @@ def test_numbers_in_scientific_notation_and_bare_no_are_read_as_meant(tmp_path):
     assert resolved.runtime.mixed_precision == "no"
 
 
+def test_a_gpu_given_a_time_budget_plans_its_epochs_and_without_one_trains_30(tmp_path):
+    """On a GPU, `optim.time_budget_min` set with epochs auto leaves the epochs to the trainer's measured plan (as
+    on a CPU); with no budget a GPU trains the fixed 30. No GPU is needed: the choice reads only the device type."""
+    from samsp.config import load_config
+    from samsp.training.hardware import GPU_EPOCHS, resolve_auto
+
+    gpu = torch.device("cuda")
+    budgeted, notes = resolve_auto(load_config(None, ["optim.time_budget_min=3", "runtime.mixed_precision=no"]), gpu)
+    assert budgeted.optim.epochs == "auto" and budgeted.optim.time_budget_min == 3
+    assert not any("epochs" in note for note in notes)
+    unbudgeted, notes = resolve_auto(load_config(None, ["runtime.mixed_precision=no"]), gpu)
+    assert unbudgeted.optim.epochs == GPU_EPOCHS and unbudgeted.optim.time_budget_min is None
+    assert f"GPU: {GPU_EPOCHS} epochs" in notes
+
+
 def test_one_slowed_round_does_not_decide_the_cpu_mixed_precision(monkeypatch):
     """Regression: a single timing of each dtype, taken while another process held the CPU, read 1.0x on a CPU where
     bf16 is 1.8x as fast, and a protocol row trained in fp32. A scripted clock: fp32 rounds take 2 s, bf16 rounds

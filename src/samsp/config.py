@@ -107,8 +107,8 @@ class DataConfig:
 class OptimConfig:
     """AdamW with a linear warm-up and a cosine (or constant) schedule."""
 
-    epochs: int | Auto = "auto"  # GPU: 30; CPU: as many as fit in time_budget_min
-    time_budget_min: float | None | Auto = "auto"  # CPU: 30
+    epochs: int | Auto = "auto"  # GPU: 30; CPU (or a GPU given time_budget_min): as many as fit in time_budget_min
+    time_budget_min: float | None | Auto = "auto"  # CPU: 30; GPU: none
     batch_size: int = 4
     lr: float = 3e-4
     decoder_lr_scale: float = 1.0  # learning rate of SAM's pretrained prompt encoder and mask decoder = lr x this

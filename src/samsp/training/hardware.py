@@ -28,8 +28,9 @@ def pick_device(name: str) -> torch.device:
 
 
 def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, list[str]]:
-    """A new config with every "auto" setting filled for `device` (except a CPU's epochs, planned from measured
-    speed by the trainer), and the sentences that say what was chosen and why."""
+    """A new config with every "auto" setting filled for `device` (except epochs under a time budget, the default on
+    a CPU and an explicit `optim.time_budget_min` on a GPU: the trainer plans those from measured speed), and the
+    sentences that say what was chosen and why."""
     notes: list[str] = []
     cpu = device.type == "cpu"
     model, optim, runtime = config.model, config.optim, config.runtime
@@ -47,7 +48,7 @@ def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig
             notes.append("GPU: adapting every encoder stage")
     if optim.time_budget_min == "auto":
         optim = dataclasses.replace(optim, time_budget_min=CPU_BUDGET_MIN if cpu else None)
-    if optim.epochs == "auto" and not cpu:
+    if optim.epochs == "auto" and not cpu and optim.time_budget_min is None:  # a set budget: the trainer plans
         optim = dataclasses.replace(optim, epochs=GPU_EPOCHS)
         notes.append(f"GPU: {GPU_EPOCHS} epochs")
     if runtime.mixed_precision == "auto":
@@ -136,5 +137,6 @@ def environment(device: torch.device) -> dict:
         "peft": peft.__version__,
         "accelerate": accelerate.__version__,
         "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu_threads": torch.get_num_threads(),
     }

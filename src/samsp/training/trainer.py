@@ -333,7 +333,8 @@ class Trainer:
         for batch in self.val_batches.epoch(0):
             out = self.core(**model_inputs(batch), valid_hw=batch["valid_hw"])
             dice = dice_at_input(out.logits[-1], batch["mask"], batch["valid_hw"])
-            total += torch.stack([dice.double().sum(), torch.tensor(len(dice), dtype=torch.float64)]).to(self.device)
+            count = torch.tensor(len(dice), dtype=torch.float64, device=dice.device)  # on the GPU with the Dice
+            total += torch.stack([dice.double().sum(), count])
         self.core.train()
         total = self.accelerator.reduce(total, "sum")
         return float(total[0] / total[1]) if total[1] else float("nan")
