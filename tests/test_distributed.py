@@ -124,3 +124,24 @@ def test_a_preempted_two_process_run_resumes_under_two_processes(dataset, one_pr
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed after epoch" in (run / "train.log").read_text()
     assert max_difference(one_process, run) < TOLERANCE
+
+
+def test_processes_that_time_their_steps_differently_follow_one_budget_plan(dataset, tmp_path):
+    """Each process times its own steps; were each to plan from its own clock, one would stop training while the
+    other waits for it in a collective. Scripted: rank 0 times 1 s per step, rank 1 2 s; 3 steps per process and
+    epoch, a 5.5 s budget: rank 0's plan is 4 steps, rank 1's would be 2. Both must follow rank 0's."""
+    script = tmp_path / "slow_rank.py"
+    script.write_text(
+        "import os, sys\n"
+        "from samsp.training.trainer import Trainer\n"
+        "Trainer.step_seconds = lambda self, batches: 1.0 + int(os.environ['RANK'])\n"
+        "from samsp.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    run = tmp_path / "run"
+    budget = ["optim.epochs=auto", f"optim.time_budget_min={5.5 / 60}"]
+    command = [*LAUNCHERS["torchrun"](), str(script), "train", *train_args(dataset, run, *budget)]
+    done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1.33 epochs (4 steps, 3 per epoch) fit the" in (run / "train.log").read_text()
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # the header and 2 epochs, the second of 1 step

@@ -85,6 +85,34 @@ def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(dataset, tmp_path, m
     assert not torn.exists() and live.exists(), "the dead writer's temporary goes, the live one's stays"
 
 
+def test_a_last_epoch_cut_short_by_max_steps_anneals_and_resumes_to_the_same_weights(dataset, tmp_path, monkeypatch):
+    """3 steps per epoch, 5 in all: the second epoch stops after 2 steps, where the schedule reaches zero; a run cut
+    inside that partial epoch resumes to the straight run's weights."""
+    settings = [*FAST, "optim.epochs=2", "optim.max_steps=5", "runtime.checkpoint_every_steps=1"]
+    straight = train(data=str(dataset), out=tmp_path / "straight", overrides=settings)
+    rows = (straight / "metrics.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert len(rows) == 3 and float(last[header.index("lr")]) == 0.0  # 2 epochs, the learning rate annealed to 0
+    state = torch.load(straight / "last" / "training_state.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 5
+    real_step, calls = Trainer.train_step, {"n": 0}
+
+    def die_at_step_five(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:  # epoch 2, step 2: after the state saved at step 1 of epoch 2
+            raise KeyboardInterrupt
+        return real_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", die_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(data=str(dataset), out=tmp_path / "cut", overrides=settings)
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = train(resume=tmp_path / "cut")
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must equal a straight one bit for bit"
+    assert (resumed / "metrics.csv").read_text().count("\n") == 3
+
+
 def test_kill_9_at_ten_random_moments_then_resume_gives_the_uninterrupted_weights(dataset, tmp_path):
     settings = [*FAST, "optim.epochs=3", "runtime.checkpoint_every_steps=1"]
     args = ["train", "--data", str(dataset)] + [a for s in settings for a in ("--set", s)]

@@ -234,10 +234,44 @@ def test_a_time_budget_plans_the_epochs_and_the_run_agrees_with_its_config(datas
         out=tmp_path / "budget",
         overrides=[*FAST, "optim.epochs=auto", "optim.time_budget_min=0.15"],
     )
-    epochs = yaml.safe_load((run / "config.yaml").read_text())["optim"]["epochs"]
+    optim = yaml.safe_load((run / "config.yaml").read_text())["optim"]
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
-    assert isinstance(epochs, int) and len(rows) == epochs >= 1
-    assert "epochs fit the" in (run / "train.log").read_text()
+    assert isinstance(optim["epochs"], int) and len(rows) == optim["epochs"] >= 1
+    assert optim["max_steps"] is None or (optim["epochs"] - 1) * 2 < optim["max_steps"] < optim["epochs"] * 2
+    assert "fit the 0.15-minute budget" in (run / "train.log").read_text()
+
+
+def test_steps_fit_fills_a_budget_with_whole_epochs_then_part_of_one():
+    from samsp.training.schedule import steps_fit
+
+    # epochs of 30 one-second steps, each followed by a 10 s validation: two whole epochs take 80 s
+    assert steps_fit(100, 1.0, 10, 30, 1000) == 70  # 2 epochs, then 10 steps and a validation in the last 20 s
+    assert steps_fit(85, 1.0, 10, 30, 1000) == 60  # no time for a validation after another step
+    assert steps_fit(5, 1.0, 10, 30, 1000) == 0
+    assert steps_fit(1e9, 1.0, 10, 30, 90) == 90  # the cap
+
+
+def test_max_steps_set_by_hand_ends_the_run_at_that_step_whatever_the_epochs(dataset, tmp_path):
+    import yaml
+
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=5", "optim.max_steps=3"])
+    optim = yaml.safe_load((run / "config.yaml").read_text())["optim"]
+    assert (optim["epochs"], optim["max_steps"]) == (2, 3)  # 2 steps per epoch: one whole epoch and one step
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_a_budget_that_fits_an_epoch_and_a_half_plans_a_partial_last_epoch(dataset, tmp_path, monkeypatch):
+    """Whole-epoch plans wasted up to an epoch of the budget (a 7-minute main job fitted 2 epochs of 129-165 s and
+    trained 304 s). Steps timed at 1 s (scripted), 2 steps per epoch, validation 1/6 s: 3.4 s fit 3 steps."""
+    from samsp import Trainer
+
+    monkeypatch.setattr(Trainer, "step_seconds", lambda self, batches: 1.0)
+    run = train(
+        data=str(dataset),
+        out=tmp_path / "run",
+        overrides=[*FAST, "optim.epochs=auto", f"optim.time_budget_min={3.4 / 60}"],
+    )
+    assert "1.50 epochs (3 steps, 2 per epoch) fit the" in (run / "train.log").read_text()
 
 
 def test_prefix_features_are_reused_across_runs_in_a_process_but_kept_bounded(tmp_path, monkeypatch):

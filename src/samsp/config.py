@@ -109,6 +109,7 @@ class OptimConfig:
 
     epochs: int | Auto = "auto"  # GPU: 30; CPU (or a GPU given time_budget_min): as many as fit in time_budget_min
     time_budget_min: float | None | Auto = "auto"  # CPU: 30; GPU: none
+    max_steps: int | None = None  # stop after this many steps in all, cutting the last epoch short (a budget plans it)
     batch_size: int = 4
     lr: float = 3e-4
     decoder_lr_scale: float = 1.0  # learning rate of SAM's pretrained prompt encoder and mask decoder = lr x this
@@ -121,6 +122,8 @@ class OptimConfig:
         _validate(self)
         if self.decoder_lr_scale < 0:
             raise SamspError("optim.decoder_lr_scale must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SamspError("optim.max_steps must be >= 1 (or null: every step of every epoch)")
 
 
 @dataclass(frozen=True)

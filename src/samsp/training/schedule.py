@@ -51,7 +51,11 @@ def make_optimizer(model: torch.nn.Module, optim: OptimConfig, total_steps: int)
     return optimizer, scheduler
 
 
-def replan_epochs(epochs: int, epoch: int, used_s: float, epoch_s: float, budget_s: float) -> int:
-    """The epoch count that fits the time budget at the last epoch's speed (the machine may be busier or freer than
-    when the first steps were timed); never fewer than the epochs done, never more than 200."""
-    return max(epoch, min(200, epoch + int((budget_s - used_s) // max(epoch_s, 1e-6))))
+def steps_fit(time_s: float, step_s: float, val_s: float, steps: int, limit: int) -> int:
+    """The most training steps that fit `time_s` at `step_s` seconds each, with a validation of `val_s` seconds after
+    every `steps` steps (an epoch) and after a last, shorter epoch; at most `limit`, never fewer than 0."""
+    per_epoch = steps * step_s + val_s
+    full = int(time_s // per_epoch) if per_epoch > 0 else limit
+    left = time_s - full * per_epoch - val_s  # what a last, partial epoch and its validation may use
+    partial = min(steps - 1, int(left // step_s)) if left > 0 and step_s > 0 else 0
+    return max(0, min(limit, full * steps + partial))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import signal
@@ -39,10 +40,11 @@ from .batches import Batches, steps_per_epoch
 from .checkpoints import load_state, save_state, state_path
 from .hardware import environment, forced_bf16_warning, pick_device, resolve_auto, set_seed
 from .history import write_history
-from .schedule import make_optimizer, replan_epochs
+from .schedule import make_optimizer, steps_fit
 
 log = logging.getLogger("samsp")
 MIN_LORA_EPOCHS = 2  # on a CPU budget, fewer LoRA epochs than this train the neck and decoder (choose_adaptation)
+MAX_EPOCHS = 200  # the most epochs a time budget plans
 
 
 def train(
@@ -95,7 +97,9 @@ class Trainer:
             while self.progress["epoch"] < self.epochs:
                 epoch = self.progress["epoch"] + 1
                 row = self.train_epoch(epoch)
+                start = time.perf_counter()
                 row["val_dice"] = self.validate()
+                self.val_seconds = time.perf_counter() - start
                 improved = self.on_epoch_end(epoch, row)
                 self.save_checkpoint(improved)
                 if self.stop_requested() and epoch < self.epochs:  # signal in the last step or the validation
@@ -175,14 +179,17 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):  # the probe leaves the seeded run as it would be without it
             step_s = self.step_seconds(batches)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        fit = self.epochs_fit(steps_per_epoch(len(self.train_pairs), self.config.optim.batch_size, rank, world), step_s)
+        steps = steps_per_epoch(len(self.train_pairs), self.config.optim.batch_size, rank, world)
+        budget_s = float(self.config.optim.time_budget_min) * 60
+        fit = self.agreed(steps_fit(budget_s, step_s, self.validation_seconds(step_s), steps, MAX_EPOCHS * steps))
+        fit /= steps
         if fit >= MIN_LORA_EPOCHS:
             return
         adapted = ", ".join(self.model.adapted)
         self.config = dataclasses.replace(self.config, model=dataclasses.replace(cfg, strategy="full", adapt_stages=0))
         self.model = SamSP(self.config.model).to(self.device)
         self.notes.append(
-            f"CPU: LoRA on {adapted} fits {fit} epoch(s) of the "
+            f"CPU: LoRA on {adapted} fits {fit:.2g} epoch(s) of the "
             f"{self.config.optim.time_budget_min:g}-minute budget (measured {step_s:.2f} s per step), fewer than "
             f"{MIN_LORA_EPOCHS}: training the encoder's neck and the decoder only (the rest of the encoder frozen), "
             "whose steps are about twice as fast (model.adapt_stages or optim.epochs set explicitly keeps LoRA)"
@@ -225,21 +232,25 @@ class Trainer:
             )
 
     def plan(self) -> None:
-        """Fix the epoch count (from the time budget on a CPU), say what the defaults chose, record the run."""
+        """Fix the epoch count (from the time budget, when epochs are auto under one), say what the defaults chose,
+        record the run."""
         optim = self.config.optim
         self.steps = self.train_batches.steps_per_epoch()
         self.budget_s = None
         if optim.epochs == "auto":
             step_s = self.step_seconds(self.train_batches)
-            epochs = self.epochs_fit(self.steps, step_s)
-            self.set_epochs(epochs)
+            budget_s = float(optim.time_budget_min) * 60
+            total = int(self.agreed(max(1, self.budget_steps(budget_s, step_s, self.validation_seconds(step_s)))))
+            self.set_plan(total)
             self.notes.append(
-                f"CPU: {epochs} epochs fit the {optim.time_budget_min:g}-minute budget "
+                f"{self.device.type.upper()}: {self.describe_plan()} fit the {optim.time_budget_min:g}-minute budget "
                 f"(measured {step_s:.2f} s per step of {optim.batch_size})"
             )
             # one process re-plans by its own clock; several would disagree, so they keep the first plan
             if self.accelerator.num_processes == 1:
-                self.budget_s = float(optim.time_budget_min) * 60
+                self.budget_s = budget_s
+        elif optim.max_steps:  # a max_steps set by hand may end the run before its epochs do
+            self.set_plan(self.total_steps)
         for note in self.notes:
             log.info("defaults chose: %s", note)
         cfg = self.config.model
@@ -258,7 +269,7 @@ class Trainer:
 
     def on_train_start(self) -> None:
         """Optimiser and schedule, handed to accelerate; a resumed run restores them and its progress."""
-        self.optimizer, self.scheduler = make_optimizer(self.model, self.config.optim, self.epochs * self.steps)
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.config.optim, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.core: SamSP = self.accelerator.unwrap_model(self.model)
         if self.resume:
@@ -272,11 +283,11 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         """One pass over this process's share of the training set (from where a resumed run stopped); returns the
         epoch's mean loss parts. Saves the resumable state as `runtime.checkpoint_every_*` says, and on a signal."""
-        start, done = time.perf_counter(), self.progress["step"]
+        start, done, planned = time.perf_counter(), self.progress["step"], self.epoch_steps(epoch)
         sums, last_save = dict(self.progress["sums"]), time.perf_counter()
         steps = Progress(
-            self.train_batches.epoch(epoch, start_step=done),
-            total=self.steps - done,
+            itertools.islice(self.train_batches.epoch(epoch, start_step=done), planned - done),
+            total=planned - done,
             desc=f"epoch {epoch}/{self.epochs}",
             unit="step",
             disable=not self.accelerator.is_main_process,
@@ -287,7 +298,7 @@ class Trainer:
             steps.set_postfix(loss=f"{sums['loss'] / n:.4f}")
             self.progress.update(step=n, sums=sums)
             stop = self.stop_requested()
-            if n < self.steps and (stop or self.checkpoint_due(n, last_save)):
+            if n < planned and (stop or self.checkpoint_due(n, last_save)):
                 self.save_state()
                 last_save = time.perf_counter()
                 if stop:
@@ -297,7 +308,7 @@ class Trainer:
             keys = list(sums)
             mean = self.accelerator.reduce(torch.tensor([sums[k] for k in keys], device=self.device), "mean")
             sums = dict(zip(keys, mean.tolist(), strict=True))
-        row = {"epoch": epoch, **{k: v / self.steps for k, v in sums.items()}}
+        row = {"epoch": epoch, **{k: v / planned for k, v in sums.items()}}
         row["lr"] = self.scheduler.get_last_lr()[0]
         row["seconds"] = time.perf_counter() - start
         return row
@@ -355,19 +366,22 @@ class Trainer:
             " (best)" if improved else "",
             row["seconds"],
         )
-        if self.budget_s:  # before saving, so the saved schedule and config.yaml agree
+        if self.budget_s and epoch < self.epochs:  # before saving, so the saved schedule and config.yaml agree
             used = time.perf_counter() - self.loop_start
-            fit = replan_epochs(self.epochs, epoch, used, row["seconds"], self.budget_s)
-            if fit != self.epochs:
+            step_s = row["seconds"] / max(1, self.epoch_steps(epoch))
+            done = epoch * self.steps
+            total = done + self.budget_steps(self.budget_s - used, step_s, self.val_seconds, done)
+            if total != self.total_steps:
+                was = self.describe_plan()
+                self.set_plan(total)
                 log.info(
-                    "re-planned: %d epochs fit the %.0f-minute budget at %.0f s per epoch (was %d)",
-                    fit,
+                    "re-planned: %s fit the %g-minute budget at %.2f s per step (was %s)",
+                    self.describe_plan(),
                     self.budget_s / 60,
-                    row["seconds"],
-                    self.epochs,
+                    step_s,
+                    was,
                 )
-                self.set_epochs(fit)
-                self.scheduler.lr_lambdas[0].total_steps = fit * self.steps
+                self.scheduler.lr_lambdas[0].total_steps = self.total_steps
                 if self.accelerator.is_main_process:
                     write_text_atomic(self.run_dir / "config.yaml", dump_config(self.config))
         return improved
@@ -401,15 +415,46 @@ class Trainer:
     def epochs(self) -> int:
         return int(self.config.optim.epochs)
 
-    def set_epochs(self, epochs: int) -> None:
-        """Change the planned epoch count (the config is what config.yaml records)."""
-        self.config = dataclasses.replace(self.config, optim=dataclasses.replace(self.config.optim, epochs=epochs))
+    @property
+    def total_steps(self) -> int:
+        """Steps in all: every epoch's, unless `optim.max_steps` cuts the last epoch short."""
+        every = self.epochs * self.steps
+        return min(every, self.config.optim.max_steps or every)
 
-    def epochs_fit(self, steps: int, step_s: float) -> int:
-        """Whole epochs of `steps` steps (and a validation, about a third of a step per batch) in the budget."""
-        optim = self.config.optim
-        per_epoch = steps * step_s + len(self.val_pairs) * step_s / max(1, optim.batch_size) / 3
-        return int(max(1, min(200, float(optim.time_budget_min) * 60 // max(per_epoch, 1e-6))))
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps in `epoch` (from 1): all of this process's batches, or fewer in a last epoch cut short."""
+        return max(0, min(self.steps, self.total_steps - (epoch - 1) * self.steps))
+
+    def set_plan(self, total: int) -> None:
+        """Plan `total` steps in all: whole epochs, the last cut short where `total` is not a multiple of an epoch's
+        steps (config.yaml records optim.epochs and optim.max_steps, so a resumed run keeps the plan)."""
+        epochs = max(1, -(-total // self.steps))
+        max_steps = total if total < epochs * self.steps else None
+        optim = dataclasses.replace(self.config.optim, epochs=epochs, max_steps=max_steps)
+        self.config = dataclasses.replace(self.config, optim=optim)
+
+    def describe_plan(self) -> str:
+        total, steps = self.total_steps, self.steps
+        if total % steps == 0:
+            return f"{total // steps} epochs"
+        return f"{total / steps:.2f} epochs ({total} steps, {steps} per epoch)"
+
+    def budget_steps(self, time_s: float, step_s: float, val_s: float, done: int = 0) -> int:
+        """Steps after the `done` ones that fit `time_s`, with a validation after each epoch (MAX_EPOCHS at most)."""
+        return steps_fit(time_s, step_s, val_s, self.steps, MAX_EPOCHS * self.steps - done)
+
+    def agreed(self, value: float) -> float:
+        """Process 0's `value` in every process: each times its own steps, and plans made from different clocks
+        would leave one process waiting for another in a collective."""
+        if self.accelerator.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast
+
+        return float(broadcast(torch.tensor([value], dtype=torch.float64, device=self.device), from_process=0).item())
+
+    def validation_seconds(self, step_s: float) -> float:
+        """A validation's time, before one was timed: about a third of a training step per batch."""
+        return len(self.val_pairs) * step_s / max(1, self.config.optim.batch_size) / 3
 
     def step_seconds(self, batches: Batches) -> float:
         """Seconds per training step on `batches`, timed on a throw-away copy so the real run starts untouched."""
