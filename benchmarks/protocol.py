@@ -268,7 +268,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="*", help="row names (default: all)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument(
-        "--minutes", type=float, help="train each row for this time budget (epochs planned from measured speed)"
+        "--minutes", type=float, help="train each row for this time budget (steps planned from measured speed)"
     )
     parser.add_argument(
         "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", help="a setting for every row"
@@ -363,7 +363,7 @@ def main() -> None:
 
 
 def budget_overrides(args: argparse.Namespace) -> list[str]:
-    """Fixed epochs, or a time budget that the trainer fills with as many epochs as fit (on a CPU or a GPU)."""
+    """Fixed epochs, or a time budget that the trainer fills with as many steps as fit (on a CPU or a GPU)."""
     if args.minutes:
         return ["optim.epochs=auto", f"optim.time_budget_min={args.minutes:g}"]
     return [f"optim.epochs={args.epochs}"]

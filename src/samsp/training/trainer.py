@@ -243,7 +243,8 @@ class Trainer:
             total = int(self.agreed(max(1, self.budget_steps(budget_s, step_s, self.validation_seconds(step_s)))))
             self.set_plan(total)
             self.notes.append(
-                f"{self.device.type.upper()}: {self.describe_plan()} fit the {optim.time_budget_min:g}-minute budget "
+                f"{'CPU' if self.device.type == 'cpu' else 'GPU'}: {self.describe_plan()} fit the "
+                f"{optim.time_budget_min:g}-minute budget "
                 f"(measured {step_s:.2f} s per step of {optim.batch_size})"
             )
             # one process re-plans by its own clock; several would disagree, so they keep the first plan
@@ -434,6 +435,7 @@ class Trainer:
         self.config = dataclasses.replace(self.config, optim=optim)
 
     def describe_plan(self) -> str:
+        """The plan in words for the log: "3 epochs", or "3.50 epochs (140 steps, 40 per epoch)"."""
         total, steps = self.total_steps, self.steps
         if total % steps == 0:
             return f"{total // steps} epochs"
