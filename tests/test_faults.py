@@ -52,21 +52,27 @@ def wait_for_training(run: Path, child: subprocess.Popen, timeout: float = 120) 
     return False
 
 
-def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(dataset, tmp_path, monkeypatch):
-    settings = [*FAST, "optim.epochs=2", "runtime.checkpoint_every_steps=1"]
-    straight = train(data=str(dataset), out=tmp_path / "straight", overrides=settings)
+def train_until_interrupted(dataset: Path, out: Path, settings: list[str], monkeypatch, at_step: int) -> None:
+    """Train until the `at_step`-th training step, which raises KeyboardInterrupt before it runs."""
     real_step, calls = Trainer.train_step, {"n": 0}
 
-    def die_at_step_five(self, batch):
+    def die_at_step(self, batch):
         calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, step 2 (3 steps per epoch): after the state saved at step 1 of epoch 2
+        if calls["n"] == at_step:
             raise KeyboardInterrupt
         return real_step(self, batch)
 
-    monkeypatch.setattr(Trainer, "train_step", die_at_step_five)
+    monkeypatch.setattr(Trainer, "train_step", die_at_step)
     with pytest.raises(KeyboardInterrupt):
-        train(data=str(dataset), out=tmp_path / "cut", overrides=settings)
+        train(data=str(dataset), out=out, overrides=settings)
     monkeypatch.setattr(Trainer, "train_step", real_step)
+
+
+def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(dataset, tmp_path, monkeypatch):
+    settings = [*FAST, "optim.epochs=2", "runtime.checkpoint_every_steps=1"]
+    straight = train(data=str(dataset), out=tmp_path / "straight", overrides=settings)
+    # epoch 2, step 2 (3 steps per epoch): after the state saved at step 1 of epoch 2
+    train_until_interrupted(dataset, tmp_path / "cut", settings, monkeypatch, at_step=5)
     state = torch.load(tmp_path / "cut" / "last" / "training_state.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -95,18 +101,8 @@ def test_a_last_epoch_cut_short_by_max_steps_anneals_and_resumes_to_the_same_wei
     assert len(rows) == 3 and float(last[header.index("lr")]) == 0.0  # 2 epochs, the learning rate annealed to 0
     state = torch.load(straight / "last" / "training_state.pt", weights_only=True)
     assert state["scheduler"]["last_epoch"] == 5
-    real_step, calls = Trainer.train_step, {"n": 0}
-
-    def die_at_step_five(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 5:  # epoch 2, step 2: after the state saved at step 1 of epoch 2
-            raise KeyboardInterrupt
-        return real_step(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", die_at_step_five)
-    with pytest.raises(KeyboardInterrupt):
-        train(data=str(dataset), out=tmp_path / "cut", overrides=settings)
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    # epoch 2, step 2: after the state saved at step 1 of epoch 2
+    train_until_interrupted(dataset, tmp_path / "cut", settings, monkeypatch, at_step=5)
     resumed = train(resume=tmp_path / "cut")
     a, b = weights(straight), weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a), "a resumed run must equal a straight one bit for bit"

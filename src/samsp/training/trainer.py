@@ -181,7 +181,7 @@ class Trainer:
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         steps = steps_per_epoch(len(self.train_pairs), self.config.optim.batch_size, rank, world)
         budget_s = float(self.config.optim.time_budget_min) * 60
-        fit = self.agreed(steps_fit(budget_s, step_s, self.validation_seconds(step_s), steps, MAX_EPOCHS * steps))
+        fit = self.agreed(self.budget_steps(budget_s, step_s, self.validation_seconds(step_s), steps))
         fit /= steps
         if fit >= MIN_LORA_EPOCHS:
             return
@@ -240,7 +240,8 @@ class Trainer:
         if optim.epochs == "auto":
             step_s = self.step_seconds(self.train_batches)
             budget_s = float(optim.time_budget_min) * 60
-            total = int(self.agreed(max(1, self.budget_steps(budget_s, step_s, self.validation_seconds(step_s)))))
+            fit = self.budget_steps(budget_s, step_s, self.validation_seconds(step_s), self.steps)
+            total = int(self.agreed(max(1, fit)))
             self.set_plan(total)
             self.notes.append(
                 f"{'CPU' if self.device.type == 'cpu' else 'GPU'}: {self.describe_plan()} fit the "
@@ -371,7 +372,7 @@ class Trainer:
             used = time.perf_counter() - self.loop_start
             step_s = row["seconds"] / max(1, self.epoch_steps(epoch))
             done = epoch * self.steps
-            total = done + self.budget_steps(self.budget_s - used, step_s, self.val_seconds, done)
+            total = done + self.budget_steps(self.budget_s - used, step_s, self.val_seconds, self.steps, done)
             if total != self.total_steps:
                 was = self.describe_plan()
                 self.set_plan(total)
@@ -441,9 +442,10 @@ class Trainer:
             return f"{total // steps} epochs"
         return f"{total / steps:.2f} epochs ({total} steps, {steps} per epoch)"
 
-    def budget_steps(self, time_s: float, step_s: float, val_s: float, done: int = 0) -> int:
-        """Steps after the `done` ones that fit `time_s`, with a validation after each epoch (MAX_EPOCHS at most)."""
-        return steps_fit(time_s, step_s, val_s, self.steps, MAX_EPOCHS * self.steps - done)
+    def budget_steps(self, time_s: float, step_s: float, val_s: float, steps: int, done: int = 0) -> int:
+        """Steps after the `done` ones that fit `time_s`, with a validation after each epoch of `steps` steps
+        (MAX_EPOCHS epochs at most)."""
+        return steps_fit(time_s, step_s, val_s, steps, MAX_EPOCHS * steps - done)
 
     def agreed(self, value: float) -> float:
         """Process 0's `value` in every process: each times its own steps, and plans made from different clocks
