@@ -52,8 +52,19 @@ def env() -> dict:
     return child_env(MASTER_ADDR="127.0.0.1")
 
 
-def two_processes(launcher: str, *args: str) -> list[str]:
-    return [*LAUNCHERS[launcher](), "-m", "samsp.cli", "train", *args]
+def two_processes(launcher: str, *args: str, cli: tuple[str, ...] = ("-m", "samsp.cli")) -> list[str]:
+    return [*LAUNCHERS[launcher](), *cli, "train", *args]
+
+
+def reporting_cli(folder: Path, prelude: str = "") -> tuple[str]:
+    """samsp's command line as a script that prints, once `main` returns, whether the process group is still up: a
+    gloo group left to the interpreter's exit can abort the process (pytorch/pytorch#190489)."""
+    script = folder / "reporting_cli.py"
+    script.write_text(
+        f"import os, sys\n{prelude}from samsp.cli import main\ncode = main()\nimport torch.distributed as dist\n"
+        "print('process group: ' + ('still up' if dist.is_initialized() else 'ended'))\nsys.exit(code)\n"
+    )
+    return (str(script),)
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -104,8 +115,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(launcher, datas
 
 def test_a_preempted_two_process_run_resumes_under_two_processes(dataset, one_process, tmp_path):
     run = tmp_path / "run"
-    command = two_processes("torchrun", *train_args(dataset, run, "runtime.checkpoint_every_steps=1"))
-    child = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cli = reporting_cli(tmp_path)
+    command = two_processes("torchrun", *train_args(dataset, run, "runtime.checkpoint_every_steps=1"), cli=cli)
+    child = subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:
         if (run / "train.log").is_file() and "epoch 2/6" in (run / "train.log").read_text():
@@ -113,8 +125,9 @@ def test_a_preempted_two_process_run_resumes_under_two_processes(dataset, one_pr
         time.sleep(0.05)
     assert child.poll() is None, "the run ended before the signal"
     child.send_signal(signal.SIGTERM)  # torchrun passes it on to every process, as SLURM's scancel does
-    _, err = child.communicate(timeout=120)
+    out, err = child.communicate(timeout=120)
     assert err.count("samsp: stopped by SIGTERM") == 2, err[-3000:]  # both processes stop after the same step
+    assert out.count("process group: ended") == 2
     assert "Connection closed by peer" not in err
     state = torch.load(run / "last" / "training_state.pt", weights_only=True)
     assert 2 <= state["epoch"] < 6
@@ -130,18 +143,13 @@ def test_processes_that_time_their_steps_differently_follow_one_budget_plan(data
     """Each process times its own steps; were each to plan from its own clock, one would stop training while the
     other waits for it in a collective. Scripted: rank 0 times 1 s per step, rank 1 2 s; 3 steps per process and
     epoch, a 5.5 s budget: rank 0's plan is 4 steps, rank 1's would be 2. Both must follow rank 0's."""
-    script = tmp_path / "slow_rank.py"
-    script.write_text(
-        "import os, sys\n"
-        "from samsp.training.trainer import Trainer\n"
-        "Trainer.step_seconds = lambda self, batches: 1.0 + int(os.environ['RANK'])\n"
-        "from samsp.cli import main\n"
-        "sys.exit(main())\n"
-    )
+    slow_rank = "from samsp.training.trainer import Trainer\n"
+    slow_rank += "Trainer.step_seconds = lambda self, batches: 1.0 + int(os.environ['RANK'])\n"
     run = tmp_path / "run"
     budget = ["optim.epochs=auto", f"optim.time_budget_min={5.5 / 60}"]
-    command = [*LAUNCHERS["torchrun"](), str(script), "train", *train_args(dataset, run, *budget)]
+    command = two_processes("torchrun", *train_args(dataset, run, *budget), cli=reporting_cli(tmp_path, slow_rank))
     done = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("process group: ended") == 2  # each process left the group before exiting
     assert "1.33 epochs (4 steps, 3 per epoch) fit the" in (run / "train.log").read_text()
     assert len((run / "metrics.csv").read_text().splitlines()) == 3  # the header and 2 epochs, the second of 1 step

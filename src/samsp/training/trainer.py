@@ -93,17 +93,21 @@ class Trainer:
         self.cache()
         self.plan()
         self.on_train_start()
-        with preemption_signals(self):
-            while self.progress["epoch"] < self.epochs:
-                epoch = self.progress["epoch"] + 1
-                row = self.train_epoch(epoch)
-                start = time.perf_counter()
-                row["val_dice"] = self.validate()
-                self.val_seconds = time.perf_counter() - start
-                improved = self.on_epoch_end(epoch, row)
-                self.save_checkpoint(improved)
-                if self.stop_requested() and epoch < self.epochs:  # signal in the last step or the validation
-                    raise Preempted(self.stop_signal, self.run_dir, epoch, self.steps)
+        try:
+            with preemption_signals(self):
+                while self.progress["epoch"] < self.epochs:
+                    epoch = self.progress["epoch"] + 1
+                    row = self.train_epoch(epoch)
+                    start = time.perf_counter()
+                    row["val_dice"] = self.validate()
+                    self.val_seconds = time.perf_counter() - start
+                    improved = self.on_epoch_end(epoch, row)
+                    self.save_checkpoint(improved)
+                    if self.stop_requested() and epoch < self.epochs:  # signal in the last step or the validation
+                        raise Preempted(self.stop_signal, self.run_dir, epoch, self.steps)
+        except Preempted:  # every process agreed to stop after the same step
+            self.leave_process_group()
+            raise
         return self.finish()
 
     # ----- steps -----
@@ -408,11 +412,20 @@ class Trainer:
                 save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
 
     def finish(self) -> Path:
-        """Say where the best model is; return the run folder."""
+        """Leave the process group; say where the best model is; return the run folder."""
+        self.leave_process_group()
         log.info("done: best validation Dice %.4f; model in %s", self.progress["best"], self.run_dir / "best")
         return self.run_dir
 
     # ----- helpers -----
+    def leave_process_group(self) -> None:
+        """End a run of several processes once all reach this point. A gloo process group left to the interpreter's
+        exit can abort the process (SIGABRT, "terminate called without an active exception", pytorch/pytorch#190489).
+        Not called after an error: a process still waiting in a collective would never reach the barrier."""
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
+
     @property
     def epochs(self) -> int:
         return int(self.config.optim.epochs)
