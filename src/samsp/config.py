@@ -136,6 +136,8 @@ class RuntimeConfig:
     cache: bool | Auto = "auto"  # cache the frozen encoder prefix; auto = whenever there is a frozen prefix
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cache_dir: str | None = None  # also keep the cached prefix features here, for later runs on the same images
+    # what computes the cached prefix: auto = OpenVINO for a CPU run in fp32 with enough images, else PyTorch
+    prefix_engine: Literal["auto", "torch", "openvino"] = "auto"
     threads: int = 4  # image-decoding threads
     workers: int | Auto = "auto"  # data-loader workers for on-the-fly augmentation; auto = 0 on the CPU, 8 on a GPU
     checkpoint_every_min: float = 10.0  # inside an epoch, save the resumable state this often (0: epoch ends only)

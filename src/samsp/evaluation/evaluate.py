@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,15 @@ from ..data.pairs import Pair, find_pairs
 from ..data.prepared import decode_all
 from ..errors import SamspError
 from ..inference.predictor import Predictor
+from ..inference.prefix_graph import choose_prefix_engine, prefix_encoder
 from ..inference.preprocess import Frame, mask_in_frame, preprocess
 from ..modeling.prompts import boxes_from_masks, full_boxes
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
 from .metrics import image_metrics
 from .report import write_report
+
+log = logging.getLogger("samsp")
 
 PROMPTS = ("none", "full_box", "gt_box")
 
@@ -59,12 +63,16 @@ def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> Eval
 
 
 @torch.no_grad()
-def prefix_features(model: SamSP, data: EvalSet, batch_size: int = 4) -> list[torch.Tensor]:
-    """The frozen encoder prefix for every image, so several models sharing it are evaluated at the cost of one."""
+def prefix_features(model: SamSP, data: EvalSet, batch_size: int = 4, engine: str = "auto") -> list[torch.Tensor]:
+    """The frozen encoder prefix for every image, so several models sharing it are evaluated at the cost of one.
+    `engine`: torch, openvino, or auto (`choose_prefix_engine`: OpenVINO on a CPU when installed)."""
+    engine, why = choose_prefix_engine(engine, model.device, False, len(data.inputs))
+    log.info(why)
+    encode = prefix_encoder(model, engine)
     out = []
     for start in Progress(range(0, len(data.inputs), batch_size), desc="encoding the frozen part", unit="batch"):
         x = torch.stack(data.inputs[start : start + batch_size]).to(model.device)
-        out += list(model.encode_prefix(x).cpu())
+        out += list(encode(x).cpu())
     return out
 
 

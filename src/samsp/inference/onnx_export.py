@@ -8,9 +8,10 @@ stays outside is what depends on each image's size: resize, normalise and pad be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .onnx_engine import INPUTS, META_NAME, ONNX_NAME, OUTPUTS, OnnxPredictor
 from .predictor import Predictor
 
 OPSET = 18
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")  # the dynamo exporter's optimiser passes
 
 
 class PromptFreeGraph(nn.Module):
@@ -101,15 +103,31 @@ def trace_to_onnx(
     # strict (dynamo) tracing: TinyViT's `len(x)` would fix the batch size under non-strict tracing
     with torch.no_grad():
         program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=True)
-    onnx_program = torch.onnx.export(
-        program,
-        example,
-        input_names=list(input_names),
-        output_names=list(output_names),
-        opset_version=opset,
-        verbose=False,
-    )
+    with quiet_loggers(EXPORTER_LOGGERS):
+        onnx_program = torch.onnx.export(
+            program,
+            example,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=opset,
+            verbose=False,
+        )
     onnx_program.save(str(path))
+
+
+@contextlib.contextmanager
+def quiet_loggers(names: Sequence[str], level: int = logging.WARNING) -> Iterator[None]:
+    """Raise these loggers to `level` for a while: the ONNX optimiser logs hundreds of INFO lines per export, which
+    the CLI's INFO log (and a training run's train.log) would otherwise carry."""
+    loggers = [logging.getLogger(name) for name in names]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(level, logger.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for logger, old in zip(loggers, before, strict=True):
+            logger.setLevel(old)
 
 
 def describe(model: SamSP, iterations: int, source: Path, opset: int, quantize: str | None, onnx_version: str) -> dict:

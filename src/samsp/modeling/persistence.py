@@ -93,6 +93,11 @@ class PretrainedMixin:
         return model.eval()
 
 
+def raw_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's bytes whatever its dtype or rank (BatchNorm's 0-d step counters, bfloat16 weights), for hashing."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 def read_model_meta(directory: Path) -> dict:
     """The parsed samsp.json of a model folder; SamspError naming the file if it is not one."""
     path = directory / CONFIG_NAME

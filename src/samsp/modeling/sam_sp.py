@@ -87,6 +87,13 @@ class SamSP(PretrainedMixin, nn.Module):
             x = stage(x)
         return x
 
+    def frozen_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The image encoder's weights that never train, by name (LoRA adapters and trained stages left out): what
+        the frozen prefix computes with."""
+        trained = tuple(f"{stage}." for stage in self.trained_stages)
+        state = base_encoder(self.image_encoder).state_dict()
+        return [(k, v) for k, v in sorted(state.items()) if "lora_" not in k and not k.startswith(trained)]
+
     @torch.no_grad()
     def encode_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen prefix of the encoder, for caching."""

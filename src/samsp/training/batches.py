@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..data.prepared import PreparedSet, collate
+from ..inference.prefix_graph import prefix_encoder
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
 from . import feature_store
@@ -42,10 +43,11 @@ class Batches:
         store: Path | None = None,
         augment_setting: str = "",
         memo: bool = True,
+        engine: str = "torch",
     ):
         self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
-        self.store, self.augment_setting, self.memo = store, augment_setting, memo
+        self.store, self.augment_setting, self.memo, self.engine = store, augment_setting, memo, engine
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
@@ -64,6 +66,7 @@ class Batches:
             (self.seed, self.augment_setting) if views > 1 else None,  # view 0 is never augmented
             str(dtype),
             torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"),
+            *((self.engine,) if self.engine != "torch" else ()),  # another runtime: equal features up to rounding
         )
         key = (
             tuple((p.id, str(p.image)) for p in self.data.pairs),
@@ -102,13 +105,14 @@ class Batches:
 
     def _encode(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
         features, items = [], []
+        encode = prefix_encoder(model, self.engine)
         jobs = Progress(range(len(self.data)), desc="caching the frozen encoder part", unit="img")
         for i in jobs:
             per_view, per_items = [], []
             for v in range(views):
                 item = self.data.item(i, seed=None if v == 0 else self._seed(-v, i))
                 x = item["image"][None].to(self.device)
-                per_view.append(model.encode_prefix(x)[0].to("cpu", dtype))
+                per_view.append(encode(x)[0].to("cpu", dtype))
                 per_items.append({"mask": item["mask"], "valid_hw": item["valid_hw"]})
             features.append(per_view)
             items.append(per_items)

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.prepared import PreparedSet
+from ..modeling.persistence import raw_bytes
 from ..modeling.sam_sp import SamSP
 
 log = logging.getLogger("samsp")
@@ -33,13 +34,8 @@ def store_path(folder: Path, data: PreparedSet, model: SamSP, stop: int, recipe:
     for name, tensor in sorted(model.image_encoder.state_dict().items()):
         if "lora_" not in name:  # adapters train; the pretrained weights under them are what the prefix computes with
             digest.update(name.encode())
-            digest.update(_raw_bytes(tensor))
+            digest.update(raw_bytes(tensor))
     return folder / f"{digest.hexdigest()[:32]}.safetensors"
-
-
-def _raw_bytes(tensor: torch.Tensor) -> bytes:
-    """A tensor's bytes whatever its dtype or rank (BatchNorm's 0-d step counters, bfloat16 weights)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def load(path: Path, n_images: int, views: int) -> tuple[list, list] | None:

@@ -30,6 +30,7 @@ from ..data.splits import write_split
 from ..data.transforms import build_augment
 from ..errors import Preempted, SamspError
 from ..files import remove_stale_temporaries, write_text_atomic
+from ..inference.prefix_graph import choose_prefix_engine
 from ..modeling.backbones import get_backbone
 from ..modeling.card import training_data
 from ..modeling.losses import samsp_loss
@@ -211,6 +212,11 @@ class Trainer:
         cacher = model if use_cache else None
         views = data.cache_views if augment is not None else 1
         dtype = getattr(torch, runtime.cache_dtype)
+        engine, why = choose_prefix_engine(
+            runtime.prefix_engine, self.device, runtime.mixed_precision != "no", len(train_set) * views + len(val_set)
+        )
+        if use_cache:
+            self.notes.append(why)
         started = time.perf_counter()
         common = {
             "batch_size": self.config.optim.batch_size,
@@ -219,6 +225,7 @@ class Trainer:
             "autocast": self.accelerator.autocast,
             "store": Path(runtime.cache_dir).expanduser() if runtime.cache_dir else None,
             "augment_setting": repr(data.augment),
+            "engine": engine,
         }
         # every process holds the whole training cache (each epoch deals it out anew); validation is split
         self.train_batches = Batches(

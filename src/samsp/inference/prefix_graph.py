@@ -1,0 +1,108 @@
+"""The frozen encoder prefix run as a compiled graph: the features of `SamSP.encode_prefix`, faster on a CPU.
+
+Encoding the frozen prefix is a large share of a CPU run: the training cache and the evaluation of every test image.
+Eager PyTorch runs TinyViT's element-wise work as separate memory-bound kernels; OpenVINO fuses it and runs the
+same fp32 arithmetic in less than half the time (BENCHMARKS.md, "Encoding the frozen prefix"). `prefix_encoder`
+exports the prefix to ONNX once per weights and depth in a process and returns a function from images to features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SamspError
+from ..modeling.persistence import raw_bytes
+from ..modeling.sam_sp import SamSP
+from .onnx_export import trace_to_onnx
+from .onnx_runtimes import open_graph
+
+log = logging.getLogger("samsp")
+PREFIX_ENGINES = ("auto", "torch", "openvino")
+# below this many images the export (about 25 s for LiteMedSAM on 2 cores) costs more than it saves
+MIN_IMAGES = 40
+PrefixEncoder = Callable[[torch.Tensor], torch.Tensor]
+_COMPILED: dict[tuple, PrefixEncoder] = {}  # one compiled prefix per weights and depth, for the process's lifetime
+
+
+class PrefixGraph(nn.Module):
+    """The encoder stages before the first trained one, as one module: images (B, 3, S, S) to features."""
+
+    def __init__(self, model: SamSP):
+        super().__init__()
+        self.model, self.stop = model, model.prefix_stages
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.run_encoder(images, 0, self.stop)
+
+
+def choose_prefix_engine(setting: str, device: torch.device, autocast: bool, images: int) -> tuple[str, str]:
+    """The engine that encodes `images` images (`setting` auto decides) and the sentence that says why."""
+    if setting not in PREFIX_ENGINES:
+        raise SamspError(f"runtime.prefix_engine must be one of {', '.join(PREFIX_ENGINES)}, got {setting!r}")
+    if setting != "auto":
+        return setting, f"prefix engine = {setting} (set)"
+    if device.type != "cpu":
+        return "torch", f"{device.type}: the frozen prefix runs in PyTorch"
+    if autocast:
+        return "torch", "CPU, mixed precision: the frozen prefix runs in PyTorch under autocast"
+    if images < MIN_IMAGES:
+        return "torch", f"{images} images to encode: too few to pay for compiling the prefix, so PyTorch encodes them"
+    missing = [name for name in ("openvino", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:  # the export goes through ONNX (onnxscript), OpenVINO runs the graph
+        return "torch", f"{' and '.join(missing)} not installed (pip install 'samsp[onnx,openvino]'): PyTorch encodes"
+    return "openvino", "CPU, fp32: the frozen prefix runs in OpenVINO (same features, about 2x the speed)"
+
+
+def prefix_encoder(model: SamSP, engine: str) -> PrefixEncoder:
+    """A function from preprocessed images to the frozen prefix's features, computed by `engine` (torch or openvino).
+
+    The OpenVINO graph is exported and compiled on first use and kept for the process, keyed by the frozen weights,
+    so a trained model and the pretrained one it started from share one graph.
+    """
+    if engine == "torch" or model.prefix_stages == 0:
+        return model.encode_prefix
+    if engine != "openvino":
+        raise SamspError(f"unknown prefix engine {engine!r}: choose torch or openvino")
+    key = (prefix_digest(model), engine)
+    if key not in _COMPILED:
+        _COMPILED[key] = _compile(model, engine)
+    return _COMPILED[key]
+
+
+def prefix_digest(model: SamSP) -> str:
+    """A SHA-256 of what the prefix computes with: backbone, depth and the frozen weights of its stages."""
+    digest = hashlib.sha256(repr((model.config.backbone, model.prefix_stages)).encode())
+    for name, tensor in model.frozen_weights():
+        digest.update(name.encode())
+        digest.update(raw_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _compile(model: SamSP, engine: str) -> PrefixEncoder:
+    size = model.backbone.img_size
+    with tempfile.TemporaryDirectory(prefix="samsp-prefix-") as folder:
+        path = Path(folder) / "prefix.onnx"
+        try:
+            trace_to_onnx(PrefixGraph(model).cpu(), (torch.zeros(2, 3, size, size),), ["images"], ["features"], path)
+        except Exception as err:  # the exporter raises many types; the message names the model that failed
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise SamspError(
+                f"{model.config.backbone}: its frozen encoder prefix cannot be exported for {engine} ({first}); "
+                "use runtime.prefix_engine=torch"
+            ) from err
+        run = open_graph(path, engine, "fp32", threads=torch.get_num_threads())
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        features = run({"images": images.detach().to("cpu", torch.float32).numpy()})["features"]
+        return torch.from_numpy(features).to(images.device)
+
+    log.info("compiled the frozen encoder prefix (%d stages) for %s", model.prefix_stages, engine)
+    return encode

@@ -1,0 +1,110 @@
+"""The frozen encoder prefix compiled for OpenVINO: the features PyTorch computes, chosen only where it pays."""
+
+import importlib.util
+import logging
+
+import pytest
+import torch
+from helpers import make_dataset
+
+from samsp import ModelConfig, SamSP, train
+from samsp.errors import SamspError
+from samsp.inference import prefix_graph
+from samsp.inference.prefix_graph import MIN_IMAGES, choose_prefix_engine, prefix_digest, prefix_encoder
+
+CPU = torch.device("cpu")
+
+
+def tiny(**kw) -> SamSP:
+    torch.manual_seed(0)
+    return SamSP(ModelConfig(backbone="tiny", **kw))
+
+
+def test_the_openvino_prefix_computes_the_pytorch_features_for_any_batch_size():
+    model = tiny(adapt_stages=1)  # SAM ViT: patch embedding (+ position) and the first block are the prefix
+    assert model.prefix_stages == 2
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 128, 128)  # traced with 2 images
+    expected = model.encode_prefix(images)
+    got = prefix_encoder(model, "openvino")(images)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(prefix_encoder(model, "openvino")(images[:1]), expected[:1], atol=1e-4, rtol=1e-4)
+
+
+def test_a_trained_model_reuses_the_graph_compiled_for_its_pretrained_weights(monkeypatch):
+    """The demo encodes the training set with the pretrained model and the test set with the trained one: their
+    prefixes are the same weights, so one export serves both; other frozen weights or depths are another graph."""
+    pretrained, trained = tiny(strategy="full", adapt_stages=0), tiny(strategy="full", adapt_stages=0)
+    with torch.no_grad():
+        next(trained.image_encoder.neck.parameters()).add_(0.1)  # the neck trains under strategy full
+    assert prefix_digest(pretrained) == prefix_digest(trained)
+    compiled = prefix_encoder(pretrained, "openvino")
+    monkeypatch.setattr(prefix_graph, "_compile", lambda *a: pytest.fail("compiled a second time"))
+    assert prefix_encoder(trained, "openvino") is compiled
+    deeper = tiny(adapt_stages=1)
+    assert prefix_digest(deeper) != prefix_digest(pretrained)
+    other = tiny(strategy="full", adapt_stages=0)
+    with torch.no_grad():
+        other.image_encoder.patch_embed.proj.weight.add_(1e-3)
+    assert prefix_digest(other) != prefix_digest(pretrained)
+
+
+def test_the_export_keeps_the_onnx_optimisers_info_lines_out_of_the_log(caplog, monkeypatch):
+    """The CLI logs at INFO: the dynamo exporter's optimiser passes once added about 250 lines to a demo's output."""
+    monkeypatch.setattr(prefix_graph, "_COMPILED", {})  # compile anew
+    caplog.set_level(logging.INFO)  # the root logger, which the exporter's loggers reach
+    prefix_encoder(tiny(adapt_stages=1), "openvino")
+    assert len(prefix_graph._COMPILED) == 1
+    assert [r.name for r in caplog.records if r.name != "samsp"] == []
+
+
+def test_pytorch_encodes_when_nothing_is_frozen():
+    model = tiny(adapt_stages=None)  # every stage adapted: no prefix, nothing to compile
+    assert model.prefix_stages == 0
+    assert prefix_encoder(model, "openvino") == model.encode_prefix
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "autocast", "images", "engine", "why"),
+    [
+        ("auto", "cpu", False, MIN_IMAGES, "openvino", "OpenVINO"),
+        ("auto", "cuda", False, 1000, "torch", "cuda"),
+        ("auto", "cpu", True, 1000, "torch", "autocast"),
+        ("auto", "cpu", False, MIN_IMAGES - 1, "torch", "too few"),
+        ("torch", "cpu", False, 1000, "torch", "(set)"),
+        ("openvino", "cpu", False, 1, "openvino", "(set)"),
+    ],
+)
+def test_auto_compiles_the_prefix_only_for_a_cpu_fp32_run_with_enough_images(
+    setting, device, autocast, images, engine, why
+):
+    chosen, sentence = choose_prefix_engine(setting, torch.device(device), autocast, images)
+    assert chosen == engine and why in sentence
+
+
+def test_auto_says_what_to_install_when_openvino_is_missing(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
+    engine, why = choose_prefix_engine("auto", CPU, False, 1000)
+    assert engine == "torch" and "pip install 'samsp[onnx,openvino]'" in why
+
+
+def test_an_unknown_engine_is_refused():
+    with pytest.raises(SamspError, match="runtime.prefix_engine must be one of auto, torch, openvino"):
+        choose_prefix_engine("tensorrt", CPU, False, 1000)
+
+
+def test_a_training_run_caches_the_prefix_with_the_engine_it_names(tmp_path, monkeypatch):
+    """The log says which engine cached the prefix; the feature store keeps each engine's features apart (they
+    agree only up to rounding), so a run never reads features another engine computed."""
+    monkeypatch.setattr(prefix_graph, "_COMPILED", {})  # another test compiled these weights in this process
+    data = make_dataset(tmp_path / "data", n=8)
+    store = tmp_path / "features"
+    common = ["model.backbone=tiny", "model.adapt_stages=1", "optim.epochs=1", f"runtime.cache_dir={store}"]
+    run = train(data=str(data), out=tmp_path / "ov", overrides=[*common, "runtime.prefix_engine=openvino"])
+    log = (run / "train.log").read_text()
+    assert "prefix engine = openvino (set)" in log and "compiled the frozen encoder prefix (2 stages)" in log
+    assert len(list(store.iterdir())) == 2  # the training and the validation images
+    train(data=str(data), out=tmp_path / "pt", overrides=[*common, "runtime.prefix_engine=torch"])
+    assert len(list(store.iterdir())) == 4
