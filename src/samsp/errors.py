@@ -22,6 +22,13 @@ class ImageTooLarge(DataError):
     """An image over the pixel limit, refused from its header before it is decoded."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: for one-line errors that wrap a
+    library's multi-line one."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class Preempted(Exception):  # noqa: N818 (not an error: the run stopped on request and can be resumed)
     """Training stopped on SIGTERM/SIGUSR1 after saving a resumable checkpoint."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SamspError
+from ..errors import SamspError, first_line
 
 RUNTIMES = ("onnxruntime", "openvino")
 GraphRunner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -74,8 +74,7 @@ def _openvino(path: Path, precision: str, threads: int | None) -> GraphRunner:
     try:
         compiled = core.compile_model(str(path), "CPU", config)
     except Exception as err:  # OpenVINO raises RuntimeError subclasses of its own for a graph it cannot read
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SamspError(f"{path}: OpenVINO cannot load it ({first})") from err
+        raise SamspError(f"{path}: OpenVINO cannot load it ({first_line(err)})") from err
     request = compiled.create_infer_request()
     outputs = [(o.get_any_name(), o) for o in compiled.outputs]
 

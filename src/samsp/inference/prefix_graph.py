@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import SamspError
-from ..modeling.persistence import raw_bytes
+from ..errors import SamspError, first_line
+from ..modeling.persistence import update_digest
 from ..modeling.sam_sp import SamSP
 from .onnx_export import trace_to_onnx
 from .onnx_runtimes import open_graph
@@ -80,9 +80,7 @@ def prefix_encoder(model: SamSP, engine: str) -> PrefixEncoder:
 def prefix_digest(model: SamSP) -> str:
     """A SHA-256 of what the prefix computes with: backbone, depth and the frozen weights of its stages."""
     digest = hashlib.sha256(repr((model.config.backbone, model.prefix_stages)).encode())
-    for name, tensor in model.frozen_weights():
-        digest.update(name.encode())
-        digest.update(raw_bytes(tensor))
+    update_digest(digest, model.frozen_weights())
     return digest.hexdigest()
 
 
@@ -93,9 +91,9 @@ def _compile(model: SamSP, engine: str) -> PrefixEncoder:
         try:
             trace_to_onnx(PrefixGraph(model).cpu(), (torch.zeros(2, 3, size, size),), ["images"], ["features"], path)
         except Exception as err:  # the exporter raises many types; the message names the model that failed
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SamspError(
-                f"{model.config.backbone}: its frozen encoder prefix cannot be exported for {engine} ({first}); "
+                f"{model.config.backbone}: its frozen encoder prefix cannot be exported for {engine} "
+                f"({first_line(err)}); "
                 "use runtime.prefix_engine=torch"
             ) from err
         run = open_graph(path, engine, "fp32", threads=torch.get_num_threads())

@@ -8,7 +8,9 @@ also be named by a Hugging Face Hub repository id ("user/name"), fetched into th
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -93,9 +95,12 @@ class PretrainedMixin:
         return model.eval()
 
 
-def raw_bytes(tensor: torch.Tensor) -> bytes:
-    """A tensor's bytes whatever its dtype or rank (BatchNorm's 0-d step counters, bfloat16 weights), for hashing."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+def update_digest(digest: hashlib._Hash, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Feed each tensor's name and bytes to `digest`, whatever its dtype or rank (BatchNorm's 0-d step counters,
+    bfloat16 weights): what the feature store and the compiled prefix name their weights by."""
+    for name, tensor in named:
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def read_model_meta(directory: Path) -> dict:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..data.prepared import PreparedSet
-from ..modeling.persistence import raw_bytes
+from ..modeling.persistence import update_digest
 from ..modeling.sam_sp import SamSP
 
 log = logging.getLogger("samsp")
@@ -31,10 +31,8 @@ def store_path(folder: Path, data: PreparedSet, model: SamSP, stop: int, recipe:
     for image, mask in zip(data.images, data.masks, strict=True):
         digest.update(image.numpy().tobytes())
         digest.update(mask.numpy().tobytes())
-    for name, tensor in sorted(model.image_encoder.state_dict().items()):
-        if "lora_" not in name:  # adapters train; the pretrained weights under them are what the prefix computes with
-            digest.update(name.encode())
-            digest.update(raw_bytes(tensor))
+    # adapters train; the pretrained weights under them are what the prefix computes with
+    update_digest(digest, ((n, t) for n, t in sorted(model.image_encoder.state_dict().items()) if "lora_" not in n))
     return folder / f"{digest.hexdigest()[:32]}.safetensors"
 
 
