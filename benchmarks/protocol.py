@@ -334,7 +334,7 @@ def main() -> None:
                     ],
                 )
                 (run_dir / "done").write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")
-            model = SamSP.from_pretrained(run_dir).to(pick_device("auto"))  # scored on the GPU where there is one
+            model = SamSP.from_pretrained(run_dir).to(pick_device("auto"))  # its final model (last/), on a GPU if any
             diagnosing = name in args.diagnose and seed == args.seeds[0]
             pretrained = None  # the model before fine-tuning, built when a diagnosis first needs it
             for test in ("val", *(TESTS if args.test else ())):

@@ -233,6 +233,22 @@ def test_loading_weights_of_another_configuration_names_the_file(tmp_path):
         SamSP.from_pretrained(tmp_path / "b")
 
 
+def test_a_run_folder_means_its_final_model_and_best_is_named(tmp_path):
+    best, final = tiny(), tiny()
+    with torch.no_grad():
+        for p in final.parameters():
+            p.add_(1.0)
+    best.save_pretrained(tmp_path / "run" / "best")
+    final.save_pretrained(tmp_path / "run" / "last")
+    key = next(k for k in SamSP.from_pretrained(tmp_path / "run" / "best").trainable_state_dict())
+    loaded = SamSP.from_pretrained(tmp_path / "run").trainable_state_dict()
+    assert torch.equal(loaded[key], final.trainable_state_dict()[key])
+    assert not torch.equal(loaded[key], best.trainable_state_dict()[key])
+    (tmp_path / "run" / "last").rename(tmp_path / "run" / "old")  # a folder with best/ alone still loads
+    only_best = SamSP.from_pretrained(tmp_path / "run").trainable_state_dict()
+    assert torch.equal(only_best[key], best.trainable_state_dict()[key])
+
+
 def test_missing_or_broken_model_folders_are_clear_errors(tmp_path):
     with pytest.raises(SamspError, match="model folder not found"):
         SamSP.from_pretrained(tmp_path / "nope")

@@ -63,7 +63,7 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, checkpoint: str | Path | None = None, map_location: str = "cpu") -> Any:
-        """Load a saved model: a run folder (its best checkpoint), a checkpoint folder, an export, or a Hugging
+        """Load a saved model: a run folder (its final model, last/), a checkpoint folder, an export, or a Hugging
         Face Hub repository id ("user/name", fetched into the Hub cache; offline, a cached copy is used).
 
         `checkpoint` replaces the base SAM weights' path recorded at training time. Raises SamspError naming the
@@ -125,8 +125,9 @@ def _read_weights(path: Path, map_location: str) -> dict[str, torch.Tensor]:
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """A run folder means its best checkpoint; a folder with samsp.json is used as it is; a Hub repository id
-    that is not a local folder is fetched into the Hub cache."""
+    """A run folder means its final model (last/, where the learning-rate schedule ends, as nnU-Net predicts with
+    its final checkpoint; RUN/best names the best-validation one); a folder with samsp.json is used as it is; a Hub
+    repository id that is not a local folder is fetched into the Hub cache."""
     repo_id = path.as_posix()
     if not path.exists() and hub.is_repo_id(repo_id):
         folder = hub.download_snapshot(repo_id, [CONFIG_NAME, WEIGHTS_NAME, CARD_NAME])
@@ -135,12 +136,12 @@ def resolve_model_dir(path: Path) -> Path:
         return folder
     if (path / CONFIG_NAME).is_file():
         return path
-    for sub in ("best", "last"):
+    for sub in ("last", "best"):
         if (path / sub / CONFIG_NAME).is_file():
             return path / sub
     if not path.exists():
         raise SamspError(f"{path}: model folder not found (give a run folder from `samsp train` or an export)")
-    raise SamspError(f"{path}: no {CONFIG_NAME} here or in best/ or last/ (give a run or export folder)")
+    raise SamspError(f"{path}: no {CONFIG_NAME} here or in last/ or best/ (give a run or export folder)")
 
 
 def push_to_hub(path: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:

@@ -419,9 +419,16 @@ class Trainer:
                 save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
 
     def finish(self) -> Path:
-        """Leave the process group; say where the best model is; return the run folder."""
+        """Leave the process group; say where the final and the best-validation models are; return the run folder."""
         self.leave_process_group()
-        log.info("done: best validation Dice %.4f; model in %s", self.progress["best"], self.run_dir / "best")
+        final = self.progress["history"][-1]["val_dice"] if self.progress["history"] else float("nan")
+        log.info(
+            "done: final model in %s (validation Dice %.4f), the run folder's default; best validation Dice %.4f in %s",
+            self.run_dir / "last",
+            final,
+            self.progress["best"],
+            self.run_dir / "best",
+        )
         return self.run_dir
 
     # ----- helpers -----
