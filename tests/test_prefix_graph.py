@@ -32,6 +32,19 @@ def test_the_openvino_prefix_computes_the_pytorch_features_for_any_batch_size():
     assert torch.allclose(prefix_encoder(model, "openvino")(images[:1]), expected[:1], atol=1e-4, rtol=1e-4)
 
 
+def test_a_bf16_run_compiles_the_fp32_prefix(monkeypatch):
+    """A training run under bf16 autocast (auto picks it where bf16 measures faster) that sets the OpenVINO engine
+    compiles under autocast: the graph is still the fp32 one (autocast once broke the ONNX export)."""
+    monkeypatch.setattr(prefix_graph, "_COMPILED", {})  # compile anew, under autocast
+    model = tiny(adapt_stages=1)
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = prefix_encoder(model, "openvino")(images)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, model.encode_prefix(images), atol=1e-4, rtol=1e-4)
+
+
 def test_a_trained_model_reuses_the_graph_compiled_for_its_pretrained_weights(monkeypatch):
     """The demo encodes the training set with the pretrained model and the test set with the trained one: their
     prefixes are the same weights, so one export serves both; other frozen weights or depths are another graph."""

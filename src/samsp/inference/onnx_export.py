@@ -97,13 +97,16 @@ def trace_to_onnx(
     path: Path,
     opset: int = OPSET,
 ) -> None:
-    """Export `module` to ONNX at `path` with the first dimension of every input free (the batch size)."""
+    """Export `module` to ONNX at `path` with the first dimension of every input free (the batch size).
+
+    The graph is fp32 whatever autocast the caller runs under (a bf16 training run compiles its frozen prefix here):
+    autocast would trace mixed-dtype ops that the ONNX decomposition rejects."""
     batch = torch.export.Dim("batch")
     dynamic = tuple({0: batch} for _ in example)  # one entry per positional input
     # strict (dynamo) tracing: TinyViT's `len(x)` would fix the batch size under non-strict tracing
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
         program = torch.export.export(module, example, dynamic_shapes=dynamic, strict=True)
-    with quiet_loggers(EXPORTER_LOGGERS):
+    with quiet_loggers(EXPORTER_LOGGERS), torch.autocast("cpu", enabled=False):
         onnx_program = torch.onnx.export(
             program,
             example,
