@@ -67,6 +67,7 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # levers on top of the CPU fallback, one change each against "SAM-SP + pass-0 Dice, neck only"
     "SAM-SP + pass-0 Dice, neck only + decoder LR 0.1x": [*NECK_ONLY, "optim.decoder_lr_scale=0.1"],
     "SAM-SP + pass-0 Dice, neck only + box jitter 0.1": [*NECK_ONLY, "model.box_jitter=0.1"],
+    "SAM-SP + pass-0 Dice, neck only + 2 training iterations": [*NECK_ONLY, "model.iterations=2"],
 }
 ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, ClinicDB), quoted from anchors.md
     ("PraNet", 0.898, 0.899),
@@ -590,6 +591,8 @@ def paired_differences(out: Path, names: list[str], seeds: list[int], base: str 
                 else:
                     cells.append("")
             rows.append(cells)
+    if not rows:
+        return ""  # the base is the only row: nothing to take a difference of
     n = {test: max((d.size for d in reference[test]), default=0) for test in tests}
     header = [f"row minus {base}", *(f"{test} (n = {n[test]})" for test in tests)]
     return "\n".join(
