@@ -572,6 +572,8 @@ def paired_differences(out: Path, names: list[str], seeds: list[int], base: str 
     """Each row's per-image Dice minus the base row's on the same images, with a 95% bootstrap interval over the
     images: how large a difference these split sizes can tell from the luck of which images were drawn. With several
     seeds, one line per seed and one for each image's Dice averaged over the seeds (training noise averaged out)."""
+    if all(name == base for name in names):
+        return ""  # the base is the only row: nothing to take a difference of
     tests = ("val", *TESTS)
     reference = {test: _seed_dice(out, base, seeds, test) for test in tests}
     if not any(d.size for dice in reference.values() for d in dice):
@@ -591,8 +593,6 @@ def paired_differences(out: Path, names: list[str], seeds: list[int], base: str 
                 else:
                     cells.append("")
             rows.append(cells)
-    if not rows:
-        return ""  # the base is the only row: nothing to take a difference of
     n = {test: max((d.size for d in reference[test]), default=0) for test in tests}
     header = [f"row minus {base}", *(f"{test} (n = {n[test]})" for test in tests)]
     return "\n".join(
