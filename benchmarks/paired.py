@@ -3,6 +3,8 @@
 Each argument is a folder holding `per_image.csv` (what `samsp evaluate` writes) or a `samsp demo` output folder
 (its fine-tuned row is read). Example, from the repository root:
     python benchmarks/paired.py runs/demo-neck runs/demo-auto
+With `--also ROW BASE` (repeatable: the same comparison with another training seed), each image's Dice is averaged
+over the rows and over the bases before the difference.
 """
 
 from __future__ import annotations
@@ -31,15 +33,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("row", type=Path, help="the evaluation compared against the base")
     parser.add_argument("base", type=Path, help="the evaluation subtracted")
+    parser.add_argument(
+        "--also",
+        nargs=2,
+        action="append",
+        default=[],
+        type=Path,
+        metavar=("ROW", "BASE"),
+        help="another seed's row and base: each image's Dice is averaged over the seeds",
+    )
     args = parser.parse_args()
-    row, base = per_image_dice(args.row), per_image_dice(args.base)
-    if sorted(row) != sorted(base):
-        sys.exit(f"{args.row} and {args.base} scored different images: a paired difference needs the same ones")
-    diff = np.array([row[key] - base[key] for key in sorted(base)])
+    pairs = [(args.row, args.base), *args.also]
+    folders = [folder for pair in pairs for folder in pair]
+    scores = {folder: per_image_dice(folder) for folder in folders}
+    ids = sorted(scores[args.base])
+    for folder in folders:
+        if sorted(scores[folder]) != ids:
+            sys.exit(f"{folder} and {args.base} scored different images: a paired difference needs the same ones")
+    row = np.array([[scores[r][key] for key in ids] for r, _ in pairs]).mean(axis=0)
+    base = np.array([[scores[b][key] for key in ids] for _, b in pairs]).mean(axis=0)
+    diff = row - base
     mean, low, high = paired_interval(diff)
+    seeds = f", each image averaged over {len(pairs)} seeds" if args.also else ""
     print(
-        f"{args.row} minus {args.base}: {mean:+.3f} [{low:+.3f}, {high:+.3f}] mDice over {diff.size} images, "
-        f"better on {(diff > 0).sum()}, worse on {(diff < 0).sum()}"
+        f"{args.row} minus {args.base}{seeds}: {mean:+.3f} [{low:+.3f}, {high:+.3f}] mDice over {diff.size} images "
+        f"(row {row.mean():.3f}, base {base.mean():.3f}), better on {(diff > 0).sum()}, worse on {(diff < 0).sum()}"
     )
 
 

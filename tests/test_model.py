@@ -93,10 +93,17 @@ def test_empty_first_pass_uses_the_configured_fallback(fallback):
 
 @pytest.mark.parametrize(
     ("strategy", "adapt", "encoder_trains"),
-    [("lora", None, "lora"), ("lora", 1, "lora"), ("frozen", None, "none"), ("full", 1, "last"), ("full", 0, "neck")],
+    [
+        ("lora", None, "lora"),
+        ("lora", 1, "lora"),
+        ("lora", 1, "lora + neck"),
+        ("frozen", None, "none"),
+        ("full", 1, "last"),
+        ("full", 0, "neck"),
+    ],
 )
 def test_only_the_intended_parameters_train(strategy, adapt, encoder_trains):
-    model = tiny(strategy=strategy, adapt_stages=adapt)
+    model = tiny(strategy=strategy, adapt_stages=adapt, train_neck=encoder_trains == "lora + neck")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     enc = {n for n in trainable if n.startswith("image_encoder.")}
     assert all(n.startswith(("prompt_encoder.", "mask_decoder.", "image_encoder.")) for n in trainable)
@@ -106,6 +113,11 @@ def test_only_the_intended_parameters_train(strategy, adapt, encoder_trains):
         assert enc and all("lora_" in n for n in enc)
         if adapt == 1:
             assert all(".blocks.1." in n for n in enc)
+    elif encoder_trains == "lora + neck":
+        neck = {n for n in enc if ".neck." in n}
+        assert neck and all("lora_" not in n for n in neck)
+        assert all(".blocks.1." in n and "lora_" in n for n in enc - neck)
+        assert model.trained_stages == ["blocks.1", "neck"]
     elif encoder_trains == "none":
         assert not enc
     elif encoder_trains == "neck":
@@ -154,6 +166,12 @@ def test_neck_only_trains_the_neck_from_cached_features():
     assert model.image_encoder.neck.training and not model.image_encoder.blocks[1].training
     features = model.encode_prefix(image_batch())
     assert features.shape[1:] == (8, 8, 48)  # the last block's tokens: the neck runs in each step
+    changed = _encoder_weights_one_step_changes(model, features)
+    assert changed and all(n.startswith("neck.") for n in changed)
+
+
+def _encoder_weights_one_step_changes(model: SamSP, features: torch.Tensor) -> set[str]:
+    """The encoder parameters that one AdamW step from cached features changes."""
     before = {n: p.detach().clone() for n, p in model.image_encoder.named_parameters()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     target = torch.zeros(2, 128, 128)
@@ -161,8 +179,7 @@ def test_neck_only_trains_the_neck_from_cached_features():
     loss, _ = samsp_loss(model(features=features).logits, target, LossConfig())
     loss.backward()
     opt.step()
-    changed = {n for n, p in model.image_encoder.named_parameters() if not torch.equal(p, before[n])}
-    assert changed and all(n.startswith("neck.") for n in changed)
+    return {n for n, p in model.image_encoder.named_parameters() if not torch.equal(p, before[n])}
 
 
 def _train_a_little(model: SamSP) -> SamSP:
@@ -176,6 +193,21 @@ def _train_a_little(model: SamSP) -> SamSP:
         opt.step()
         opt.zero_grad()
     return model.eval()
+
+
+def test_lora_with_the_neck_trains_both_and_keeps_the_adapted_stage_in_eval_mode():
+    model = tiny(adapt_stages=1, train_neck=True)
+    model.train()
+    encoder = model.image_encoder.get_base_model()
+    assert encoder.neck.training and not encoder.blocks[1].training
+    changed = _encoder_weights_one_step_changes(model, model.encode_prefix(image_batch()))
+    assert {n for n in changed if ".neck." in n} and {n for n in changed if "lora_B" in n}
+    assert all(".neck." in n or "lora_" in n for n in changed)
+
+
+def test_train_neck_outside_strategy_lora_is_one_error():
+    with pytest.raises(SamspError, match="model.train_neck applies to strategy lora"):
+        ModelConfig(strategy="full", adapt_stages=0, train_neck=True)
 
 
 def test_cached_prefix_gives_the_same_passes_as_the_full_encoder():
@@ -197,11 +229,15 @@ def test_merged_model_predicts_the_same_masks_without_peft():
     assert (a.mask == b.mask).mean() > 0.999
 
 
-@pytest.mark.parametrize("settings", [{}, {"strategy": "full", "adapt_stages": 0}], ids=["lora", "neck"])
-def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings):
+@pytest.mark.parametrize(
+    "settings", [{}, {"strategy": "full", "adapt_stages": 0}, {"train_neck": True}], ids=["lora", "neck", "lora+neck"]
+)
+def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, request):
     model = _train_a_little(tiny(**settings))
-    assert any(name.startswith("image_encoder.neck.") for name in model.trainable_state_dict()) == bool(settings)
+    assert any(".neck." in name for name in model.trainable_state_dict()) == bool(settings)
     model.save_pretrained(tmp_path / "m")
+    training = {"lora": "lora", "neck": "full", "lora+neck": "lora + neck"}[request.node.callspec.id]
+    assert f"| encoder training | {training} |" in (tmp_path / "m" / "README.md").read_text()
     loaded = SamSP.from_pretrained(tmp_path / "m")
     x = image_batch(1)
     assert torch.allclose(model(images=x).logits[-1], loaded(images=x).logits[-1], atol=1e-6)

@@ -38,6 +38,7 @@ class ModelConfig:
     lora_alpha: float = 4.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("attn.qkv", "attn.proj")
+    train_neck: bool = False  # under strategy lora, the encoder's neck trains in full too (strategy full always does)
     self_prompt: bool = True  # False: one no-prompt pass (the SAMed-style baseline)
     iterations: int = 1  # self-prompting iterations when training (passes = 1 + iterations)
     infer_iterations: int | None = None  # at inference; None = same as training
@@ -54,6 +55,8 @@ class ModelConfig:
             raise SamspError(f"model.adapt_stages must be >= 0, null (all) or auto, got {self.adapt_stages}")
         if not 0 < self.threshold < 1:
             raise SamspError(f"model.threshold must be between 0 and 1, got {self.threshold}")
+        if self.train_neck and self.strategy != "lora":
+            raise SamspError(f"model.train_neck applies to strategy lora (under {self.strategy} the strategy decides)")
         if self.box_opening < 0 or not 0 <= self.box_jitter < 1:
             raise SamspError("model.box_opening must be >= 0 and model.box_jitter in [0, 1)")
 

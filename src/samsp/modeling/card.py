@@ -93,7 +93,7 @@ def card_from_meta(meta: dict, name: str) -> ModelCard:
         name=name,
         backbone=backbone,
         input_size=BACKBONES[backbone].img_size if backbone in BACKBONES else None,
-        strategy=str(settings.get("strategy")),
+        strategy=str(settings.get("strategy")) + (" + neck" if settings.get("train_neck") else ""),
         format=str(meta.get("format", "trainable")),
         iterations=ModelConfig(**settings).inference_iterations,
         data=data.get("source"),

@@ -61,7 +61,7 @@ class SamSP(PretrainedMixin, nn.Module):
         self.image_encoder = encoder
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
-        set_trainable(self, config.strategy, self.adapted)
+        set_trainable(self, config.strategy, self.adapted, config.train_neck)
         # nn.Module starts in training mode; the frozen encoder must not (TinyViT's BatchNorm would normalise
         # with each batch's statistics, so cached training features would differ from those seen at inference)
         self.train()
@@ -69,9 +69,10 @@ class SamSP(PretrainedMixin, nn.Module):
     # ----- encoder -----
     @property
     def trained_stages(self) -> list[str]:
-        """Encoder stages whose weights train: the adapted ones, and under strategy `full` the neck too (so `full`
-        with `adapt_stages=0` trains the neck alone, a cheap adaptation of the embeddings)."""
-        if self.config.strategy == "full" and "neck" in self.stage_names:
+        """Encoder stages whose weights train: the adapted ones, and under strategy `full` (or `lora` with
+        `train_neck`) the neck too (so `full` with `adapt_stages=0` trains the neck alone, a cheap adaptation of the
+        embeddings)."""
+        if (self.config.strategy == "full" or self.config.train_neck) and "neck" in self.stage_names:
             return [*self.adapted, "neck"]
         return list(self.adapted)
 
@@ -170,12 +171,13 @@ class SamSP(PretrainedMixin, nn.Module):
         if mode:
             encoder = base_encoder(self.image_encoder)
             encoder.eval()
-            if self.config.strategy == "full":
-                for name in self.trained_stages:
+            # weights that train in full go to training mode; a LoRA-adapted stage stays in eval mode
+            for name in self.trained_stages:
+                if self.config.strategy == "full" or name == "neck":
                     encoder.get_submodule(name).train()
-                for module in encoder.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.eval()
+            for module in encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     # ----- prediction (the one path is samsp.inference.Predictor; these are shortcuts to it) -----
@@ -202,7 +204,7 @@ class SamSP(PretrainedMixin, nn.Module):
         """A copy with LoRA folded into the encoder weights: same predictions, no peft at inference."""
         model = copy.deepcopy(self)
         model.image_encoder = merge_lora(model.image_encoder)
-        model.config = replace(self.config, strategy="frozen")
+        model.config = replace(self.config, strategy="frozen", train_neck=False)
         model.adapted = []
         set_trainable(model, "frozen", [])
         return model

@@ -191,7 +191,8 @@ class Trainer:
         if fit >= MIN_LORA_EPOCHS:
             return
         adapted = ", ".join(self.model.adapted)
-        self.config = dataclasses.replace(self.config, model=dataclasses.replace(cfg, strategy="full", adapt_stages=0))
+        neck = dataclasses.replace(cfg, strategy="full", adapt_stages=0, train_neck=False)
+        self.config = dataclasses.replace(self.config, model=neck)
         self.model = SamSP(self.config.model).to(self.device)
         self.notes.append(
             f"CPU: LoRA on {adapted} fits {fit:.2g} epoch(s) of the "
