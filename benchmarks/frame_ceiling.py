@@ -11,8 +11,6 @@ error is) that no training can win back at this input size. From the repository 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from common import SHARED, markdown_table, write_section
 
 from samsp.data.io import read_mask
@@ -20,25 +18,20 @@ from samsp.data.named import pranet_split
 from samsp.data.pairs import find_pairs
 from samsp.data.splits import select
 from samsp.evaluation.metrics import image_metrics
-from samsp.inference.frame import Frame, resized_shape
-from samsp.inference.preprocess import postprocess
+from samsp.inference.frame import Frame
+from samsp.inference.preprocess import mask_fraction, mask_in_frame, pad_mask, postprocess
 from samsp.modeling.backbones import get_backbone
 
 TEST_SETS = (("Kvasir", "kvasir-seg", "kvasir-seg"), ("ClinicDB", "cvc-clinicdb-256", "cvc"))
 
 
 def through_frame(mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The mask resized into the frame (area-weighted, as `resize_mask` does before it thresholds), then back to
-    its size by `postprocess`: (as a perfect binary prediction, as a perfect probability map)."""
-    h, w = mask.shape
-    resized = resized_shape(h, w, size)
-    x = torch.from_numpy(mask.astype(np.float32))[None, None]
-    if resized != (h, w):
-        x = F.interpolate(x, size=resized, mode="bilinear", antialias=True, align_corners=False)
-    frame = Frame(original_hw=(h, w), resized_hw=resized)
-    padded = F.pad(x[0, 0], (0, size - resized[1], 0, size - resized[0]))
-    binary = postprocess((padded > 0.5).float(), frame).clamp(0, 1).numpy()
-    soft = postprocess(padded, frame).clamp(0, 1).numpy()
+    """The mask taken into the frame (`mask_in_frame`, and its area-weighted fraction before the threshold), then
+    back to its size by `postprocess`: (as a perfect binary prediction, as a perfect probability map)."""
+    fraction = mask_fraction(mask, size)
+    frame = Frame(original_hw=mask.shape, resized_hw=tuple(fraction.shape))
+    binary = postprocess(mask_in_frame(mask, size).float(), frame).clamp(0, 1).numpy()
+    soft = postprocess(pad_mask(fraction, size), frame).clamp(0, 1).numpy()
     return binary, soft
 
 

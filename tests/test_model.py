@@ -230,13 +230,14 @@ def test_merged_model_predicts_the_same_masks_without_peft():
 
 
 @pytest.mark.parametrize(
-    "settings", [{}, {"strategy": "full", "adapt_stages": 0}, {"train_neck": True}], ids=["lora", "neck", "lora+neck"]
+    ("settings", "training"),
+    [({}, "lora"), ({"strategy": "full", "adapt_stages": 0}, "full"), ({"train_neck": True}, "lora + neck")],
+    ids=["lora", "neck", "lora+neck"],
 )
-def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, request):
+def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, training):
     model = _train_a_little(tiny(**settings))
     assert any(".neck." in name for name in model.trainable_state_dict()) == bool(settings)
     model.save_pretrained(tmp_path / "m")
-    training = {"lora": "lora", "neck": "full", "lora+neck": "lora + neck"}[request.node.callspec.id]
     assert f"| encoder training | {training} |" in (tmp_path / "m" / "README.md").read_text()
     loaded = SamSP.from_pretrained(tmp_path / "m")
     x = image_batch(1)

@@ -28,14 +28,19 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     return x[0].round_().clamp_(0, 255).to(torch.uint8)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
-    """HxW bool -> h'xw' bool at the image's resized shape (area-weighted, then > 0.5)."""
+def mask_fraction(mask: np.ndarray, size: int) -> torch.Tensor:
+    """HxW bool -> h'xw' float at the image's resized shape: the area-weighted fraction of mask in each pixel."""
     h, w = mask.shape
     rh, rw = resized_shape(h, w, size)
     x = torch.from_numpy(np.require(mask, requirements=["C", "W"])).float()[None, None]
     if (rh, rw) != (h, w):
         x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)
-    return x[0, 0] > 0.5
+    return x[0, 0]
+
+
+def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
+    """HxW bool -> h'xw' bool at the image's resized shape (area-weighted, then > 0.5)."""
+    return mask_fraction(mask, size) > 0.5
 
 
 def normalize_and_pad(resized: torch.Tensor, backbone: Backbone) -> torch.Tensor:

@@ -67,20 +67,15 @@ def is_peft(module: nn.Module) -> bool:
     return hasattr(module, "merge_and_unload") and hasattr(module, "get_base_model")
 
 
-def set_trainable(model: nn.Module, strategy: str, stages: Sequence[str], train_neck: bool = False) -> None:
-    """Freeze or unfreeze parameters for a training strategy: in the encoder, LoRA's adapters (and the neck with
-    `train_neck`) or every weight of `stages` and the neck (`full`). Prompt encoder and mask decoder train, except
-    the IoU head."""
+def set_trainable(model: nn.Module, strategy: str, full_stages: Sequence[str]) -> None:
+    """Freeze or unfreeze parameters for a training strategy: in the encoder, LoRA's adapters (strategy `lora`) and
+    every weight of `full_stages`, the stages that train in full. Prompt encoder and mask decoder train, except the
+    IoU head."""
     if strategy not in STRATEGIES:
         raise SamspError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     for name, param in model.image_encoder.named_parameters():
-        in_neck = "neck." in name
-        if strategy == "lora":
-            param.requires_grad = "lora_" in name or (train_neck and in_neck)
-        elif strategy == "full":
-            param.requires_grad = in_neck or any(f"{s}." in name for s in stages)
-        else:
-            param.requires_grad = False
+        lora = strategy == "lora" and "lora_" in name
+        param.requires_grad = lora or any(f"{s}." in name for s in full_stages)
     for module in (model.prompt_encoder, model.mask_decoder):
         module.requires_grad_(True)
     # the SAM-SP loss never reaches the IoU head: its scores stay SAM's, and no process waits for its gradient

@@ -61,7 +61,7 @@ class SamSP(PretrainedMixin, nn.Module):
         self.image_encoder = encoder
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
-        set_trainable(self, config.strategy, self.adapted, config.train_neck)
+        set_trainable(self, config.strategy, self.fully_trained_stages)
         # nn.Module starts in training mode; the frozen encoder must not (TinyViT's BatchNorm would normalise
         # with each batch's statistics, so cached training features would differ from those seen at inference)
         self.train()
@@ -75,6 +75,12 @@ class SamSP(PretrainedMixin, nn.Module):
         if (self.config.strategy == "full" or self.config.train_neck) and "neck" in self.stage_names:
             return [*self.adapted, "neck"]
         return list(self.adapted)
+
+    @property
+    def fully_trained_stages(self) -> list[str]:
+        """Trained stages whose every weight trains: all of them under strategy `full`; under `lora` only the neck
+        (with `train_neck`), since LoRA adapts the others through adapters and their own weights stay frozen."""
+        return [s for s in self.trained_stages if self.config.strategy == "full" or s == "neck"]
 
     @property
     def prefix_stages(self) -> int:
@@ -171,10 +177,8 @@ class SamSP(PretrainedMixin, nn.Module):
         if mode:
             encoder = base_encoder(self.image_encoder)
             encoder.eval()
-            # weights that train in full go to training mode; a LoRA-adapted stage stays in eval mode
-            for name in self.trained_stages:
-                if self.config.strategy == "full" or name == "neck":
-                    encoder.get_submodule(name).train()
+            for name in self.fully_trained_stages:  # a LoRA-adapted stage stays in eval mode
+                encoder.get_submodule(name).train()
             for module in encoder.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
