@@ -8,7 +8,8 @@ Each row trains with its overrides (same data, epochs and seed) and is scored on
 scores it on both test sets; `--diagnose ROW` splits that row's test error into "wrong box" and "wrong delineation"
 (per image: pass-0 box IoU with the ground-truth box, final Dice with its own box and with the ground-truth box given
 to the same fine-tuned decoder, empty first passes, several polyps, false-positive blobs that widen the box) and
-draws the worst cases. Results land in the "protocol" and "protocol-diagnosis" sections of BENCHMARKS.md.
+draws the worst cases. Results land in the BENCHMARKS.md section `--section` (default "protocol"), its diagnosis in
+"<section>-diagnosis" and its inference settings in "<section>-inference".
 """
 
 from __future__ import annotations
@@ -536,15 +537,10 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
             if not path.is_file():
                 continue
             rows = json.loads(path.read_text())
-            panel = ROOT / "benchmarks" / f"worst-{slug(name)}-{test.lower()}.png"
-            if not args.no_write:
-                shutil.copyfile(out / "eval" / tag / test / "worst.png", panel)
             parts += [
                 f"### {'validation' if test == 'val' else test + ' test'} ({len(rows)} images), {name}",
                 "",
                 markdown_table(["quantity", "value"], decomposition(rows)),
-                "",
-                f"![worst {test}, {name}](benchmarks/{panel.name})",
                 "",
             ]
     body = "\n".join(
@@ -557,15 +553,15 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
             "The pretrained model (LiteMedSAM before fine-tuning) given the ground-truth box and the model's own "
             "pass-0 box shows how much box-following skill fine-tuning kept, and how good the model's box is for a "
             "decoder that follows boxes. "
-            "Panels: the eight worst images; cyan = ground truth, green = prediction, yellow = own box, red = "
-            "ground-truth box.",
+            "The worst-case panels (`OUT/eval/<row>/<test>/worst.png`) stay in the run folder: they show dataset "
+            "images, which are not ours to redistribute.",
             "",
             *parts,
         ]
     )
     print(body)
     if not args.no_write:
-        write_section("protocol-diagnosis", body)
+        write_section(f"{args.section}-diagnosis", body)  # protocol-diagnosis for the main table
 
 
 def paired_differences(out: Path, names: list[str], seeds: list[int], base: str = "SAM-SP") -> str:
