@@ -59,6 +59,8 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # levers on top of the default recipe (SAM-SP + pass-0 Dice)
     "SAM-SP + pass-0 Dice + decoder LR 0.1x": [*PASS0_DICE, "optim.decoder_lr_scale=0.1"],
     "SAM-SP + pass-0 Dice + box jitter 0.1": [*PASS0_DICE, "model.box_jitter=0.1"],
+    # fine-tuning costs the decoder its box-following skill (diagnosis): one more pass trains on the label's box
+    "SAM-SP + pass-0 Dice + ground-truth box pass": [*PASS0_DICE, "loss.gt_box=1.0"],
     # pass 0 picks the wrong structure (diagnosis): more of the encoder adapts; the prefix cache then stops earlier
     "SAM-SP + pass-0 Dice + 2 adapted stages": [*PASS0_DICE, "model.adapt_stages=2"],
     "SAM-SP + pass-0 Dice, every stage adapted (GPU)": [*PASS0_DICE, "model.adapt_stages=null"],

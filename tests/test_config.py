@@ -51,6 +51,7 @@ def test_overrides_are_parsed_by_the_field_type_not_as_yaml():
         ("runtime.mixed_precision=fp8", "setting runtime.mixed_precision"),
         ("optim.lr", "must look like section.key=value"),
         ("model.threshold=1.5", "model.threshold must be between 0 and 1"),
+        ("loss.gt_box=-1", "loss.gt_box must be >= 0 and loss.gt_box_jitter in [0, 1)"),
     ],
 )
 def test_a_bad_override_is_one_line_naming_the_key(override, message):

@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -86,3 +87,17 @@ def test_bce_also_supervises_the_first_pass_when_dice_does():
     bce = F.binary_cross_entropy_with_logits
     expected = soft_dice_loss(y1, target) + soft_dice_loss(y0, target) + 0.5 * (bce(y1, target) + bce(y0, target))
     assert torch.allclose(loss, expected)
+
+
+def test_the_ground_truth_box_pass_adds_its_weighted_dice_and_is_required_when_weighted():
+    torch.manual_seed(0)
+    target = (torch.rand(2, 8, 8) > 0.5).float()
+    y0, y1, boxed = torch.randn(2, 8, 8), torch.randn(2, 8, 8), torch.randn(2, 8, 8)
+    cfg = LossConfig(dice_first_pass=False, distill=False, gt_box=0.5)
+    loss, parts = samsp_loss([y0, y1], target, cfg, boxed)
+    assert torch.allclose(loss, soft_dice_loss(y1, target) + 0.5 * soft_dice_loss(boxed, target))
+    assert parts["dice_gt_box"] == pytest.approx(float(soft_dice_loss(boxed, target)))
+    plain, parts = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=False, distill=False), boxed)
+    assert torch.allclose(plain, soft_dice_loss(y1, target)) and "dice_gt_box" not in parts  # off by default
+    with pytest.raises(ValueError, match="no pass was prompted with the ground-truth box"):
+        samsp_loss([y0, y1], target, cfg)

@@ -345,3 +345,16 @@ def test_box_opening_and_jitter_change_the_self_prompt_as_configured():
     jittered.decode = _scripted_decode(jittered, forced)
     assert jittered.eval().decoder_passes(emb, valid).boxes[0].tolist() == [[0.0, 10.0, 119.0, 80.0]]
     assert jittered.train().decoder_passes(emb, valid).boxes[0].tolist() != [[0.0, 10.0, 119.0, 80.0]]
+
+
+def test_prompt_boxes_add_one_pass_given_those_boxes_and_leave_the_self_prompting_chain_alone():
+    model = tiny().eval()
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 70.0], [0.0, 0.0, 127.0, 127.0]])
+    with torch.no_grad():
+        plain = model(images=image_batch())
+        out = model(images=image_batch(), prompt_boxes=boxes)
+        embeddings = model.run_encoder(image_batch())
+        expected, _ = model.decode(embeddings, boxes[:, None, :])
+    assert plain.prompted is None and out.prompted.shape == (2, 128, 128)
+    assert torch.allclose(out.prompted, expected)
+    assert all(torch.equal(a, b) for a, b in zip(out.logits, plain.logits, strict=True))

@@ -69,3 +69,16 @@ def test_jittered_boxes_stay_ordered_inside_the_image_and_near_the_box():
     assert (moved >= 0).all() and (moved[:, 2] <= 59).all() and (moved[:, 3] <= 49).all()
     assert (moved - boxes).abs().max() <= 4.0 + 1e-5 and not torch.equal(moved, boxes)
     assert torch.equal(jitter_boxes(boxes, 0.0, valid), boxes)
+
+
+def test_ground_truth_boxes_frame_the_label_and_an_empty_label_gets_the_whole_valid_region():
+    from samsp.modeling.prompts import ground_truth_boxes
+
+    masks = torch.zeros(2, 32, 32)
+    masks[0, 4:10, 6:20] = 1
+    valid = torch.tensor([[32, 32], [20, 24]])
+    assert ground_truth_boxes(masks, valid).tolist() == [[6.0, 4.0, 19.0, 9.0], [0.0, 0.0, 23.0, 19.0]]
+    torch.manual_seed(0)
+    moved = ground_truth_boxes(masks, valid, jitter=0.2)
+    assert not torch.equal(moved, ground_truth_boxes(masks, valid))
+    assert (moved[0] - torch.tensor([6.0, 4.0, 19.0, 9.0])).abs().max() <= 0.2 * 14 + 1e-5

@@ -388,3 +388,11 @@ def test_the_pretrained_heads_learn_at_their_own_scaled_rate():
     assert changed and all("lora_" in n for n in changed)  # decoder_lr_scale=0 keeps SAM's heads as they were
     with pytest.raises(SamspError, match="optim.decoder_lr_scale must be >= 0"):
         OptimConfig(decoder_lr_scale=-1)
+
+
+def test_a_run_with_the_ground_truth_box_pass_trains_and_records_its_loss(dataset, tmp_path):
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", "loss.gt_box=1.0"])
+    header, row = (run / "metrics.csv").read_text().splitlines()[:2]
+    value = dict(zip(header.split(","), row.split(","), strict=True))["dice_gt_box"]
+    assert 0 < float(value) < 1
+    assert SamSP.from_pretrained(run).config.backbone == "tiny"

@@ -1,6 +1,9 @@
 """The SAM-SP loss: soft Dice on the final pass (and, by default, on pass 0) plus alpha times self-distillation from
 the final pass to earlier passes. Dice on pass 0 is not in the paper's loss (`dice_first_pass=False` restores it).
 
+An optional Dice term on a pass prompted by the ground-truth box (`gt_box`, off by default) keeps the decoder
+following boxes while it learns to segment without one; the self-prompted pass depends on that skill.
+
 An optional binary cross-entropy term (`bce`, off by default as in the paper) keeps a gradient on confident
 mistakes: soft Dice's gradient with respect to a logit carries the factor p(1 - p), which vanishes where the
 sigmoid saturates, so a pixel wrongly predicted at p = 0.999 is almost never corrected by Dice alone.
@@ -36,11 +39,14 @@ def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
     return kl.mean() * temperature**2
 
 
-def samsp_loss(passes: list[torch.Tensor], target: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict]:
+def samsp_loss(
+    passes: list[torch.Tensor], target: torch.Tensor, cfg: LossConfig, prompted: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict]:
     """Loss over the decoder passes (logits in the input frame, first to last) against the target mask.
 
     With one pass (no self-prompting) it is the Dice of that pass alone. With more, the last pass is the
-    teacher for every earlier one (for two passes: KL(y1 || y0), the paper's L_SD).
+    teacher for every earlier one (for two passes: KL(y1 || y0), the paper's L_SD). `prompted` is the pass
+    given the ground-truth box, weighted by `cfg.gt_box`.
     """
     dice = soft_dice_loss(passes[-1], target)
     total = dice
@@ -56,6 +62,13 @@ def samsp_loss(passes: list[torch.Tensor], target: torch.Tensor, cfg: LossConfig
             sd = torch.stack([bernoulli_kl(p, passes[-1], cfg.temperature) for p in passes[:-1]]).mean()
             total = total + cfg.alpha * sd
             parts["distill"] = float(sd.detach())
+    if cfg.gt_box > 0:
+        if prompted is None:
+            raise ValueError("loss.gt_box is set but no pass was prompted with the ground-truth box")
+        dice_box = soft_dice_loss(prompted, target)
+        total = total + cfg.gt_box * dice_box
+        parts["dice_gt_box"] = float(dice_box.detach())
+        supervised.append(prompted)
     if cfg.bce > 0:
         bce = torch.stack([F.binary_cross_entropy_with_logits(p.float(), target.float()) for p in supervised]).sum()
         total = total + cfg.bce * bce

@@ -76,3 +76,11 @@ def jitter_boxes(boxes: torch.Tensor, amount: float, valid_hw: torch.Tensor) -> 
     x0, x1 = torch.minimum(moved[:, 0], moved[:, 2]), torch.maximum(moved[:, 0], moved[:, 2])
     y0, y1 = torch.minimum(moved[:, 1], moved[:, 3]), torch.maximum(moved[:, 1], moved[:, 3])
     return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def ground_truth_boxes(masks: torch.Tensor, valid_hw: torch.Tensor, jitter: float = 0.0) -> torch.Tensor:
+    """Training prompts from the labels: the box around each (B, H, W) target mask's foreground, edges moved by up
+    to `jitter` x its size (`jitter_boxes`); an empty mask gets the box of its whole valid region."""
+    box, empty = boxes_from_masks(masks > 0.5)
+    box = torch.where(empty[:, None], full_boxes(valid_hw), box)
+    return jitter_boxes(box, jitter, valid_hw)

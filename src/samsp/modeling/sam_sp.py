@@ -33,6 +33,7 @@ class Passes:
     boxes: list[torch.Tensor]  # (B, 4) box given to pass k+1, input frame; NaN where pass 0 was empty
     scores: torch.Tensor  # (B,) the decoder's predicted IoU for the final pass
     fallback: torch.Tensor  # (B,) bool: pass 0 was empty and the fallback was used
+    prompted: torch.Tensor | None = None  # (B, S, S) logits of the pass prompted by `prompt_boxes`, when given
 
 
 class SamSP(PretrainedMixin, nn.Module):
@@ -125,16 +126,22 @@ class SamSP(PretrainedMixin, nn.Module):
         features: torch.Tensor | None = None,
         valid_hw: torch.Tensor | None = None,
         iterations: int | None = None,
+        prompt_boxes: torch.Tensor | None = None,
     ) -> Passes:
         """Pass 0 with no prompt, then `iterations` passes each prompted by the box of the previous mask.
 
         Give `images` (B, 3, S, S) or `features` (the cached output of the frozen prefix). `valid_hw` (B, 2)
-        is each image's unpadded size in the input frame, so boxes never cover padding.
+        is each image's unpadded size in the input frame, so boxes never cover padding. `prompt_boxes` (B, 4),
+        input frame, adds one pass prompted by them apart from the self-prompting chain (`Passes.prompted`):
+        training uses it with ground-truth boxes.
         """
         if (images is None) == (features is None):
             raise ValueError("give exactly one of images or features")
         embeddings = self.run_encoder(images) if features is None else self.run_encoder(features, self.prefix_stages)
-        return self.decoder_passes(embeddings, valid_hw, iterations)
+        passes = self.decoder_passes(embeddings, valid_hw, iterations)
+        if prompt_boxes is not None:
+            passes.prompted = self.decode(embeddings, prompt_boxes[:, None, :])[0]
+        return passes
 
     def decoder_passes(
         self, embeddings: torch.Tensor, valid_hw: torch.Tensor | None = None, iterations: int | None = None

@@ -34,7 +34,7 @@ from ..inference.prefix_graph import choose_prefix_engine
 from ..modeling.backbones import get_backbone
 from ..modeling.card import training_data
 from ..modeling.losses import samsp_loss
-from ..modeling.prompts import valid_region
+from ..modeling.prompts import ground_truth_boxes, valid_region
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
 from .batches import Batches, steps_per_epoch
@@ -516,8 +516,11 @@ class Trainer:
 
 def _step(model, batch: dict, config: TrainConfig, optimizer, scheduler, accelerator) -> dict:
     with accelerator.autocast():
-        out = model(**model_inputs(batch), valid_hw=batch["valid_hw"])
-        loss, parts = samsp_loss(out.logits, batch["mask"], config.loss)
+        prompts = None
+        if config.loss.gt_box > 0:  # one more pass, prompted by the label's box
+            prompts = ground_truth_boxes(batch["mask"], batch["valid_hw"], config.loss.gt_box_jitter)
+        out = model(**model_inputs(batch), valid_hw=batch["valid_hw"], prompt_boxes=prompts)
+        loss, parts = samsp_loss(out.logits, batch["mask"], config.loss, out.prompted)
     accelerator.backward(loss)
     if config.optim.grad_clip:
         accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.optim.grad_clip)
