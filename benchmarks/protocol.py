@@ -71,6 +71,8 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice, neck only + decoder LR 0.1x": [*NECK_ONLY, "optim.decoder_lr_scale=0.1"],
     "SAM-SP + pass-0 Dice, neck only + box jitter 0.1": [*NECK_ONLY, "model.box_jitter=0.1"],
     "SAM-SP + pass-0 Dice, neck only + 2 training iterations": [*NECK_ONLY, "model.iterations=2"],
+    "SAM-SP + pass-0 Dice, neck only + ground-truth box pass": [*NECK_ONLY, "loss.gt_box=1.0"],
+    "SAM-SP + pass-0 Dice, neck only + ground-truth box pass, weight 0.25": [*NECK_ONLY, "loss.gt_box=0.25"],
 }
 ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, ClinicDB), quoted from anchors.md
     ("PraNet", 0.898, 0.899),
