@@ -73,6 +73,8 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice, neck only + 2 training iterations": [*NECK_ONLY, "model.iterations=2"],
     "SAM-SP + pass-0 Dice, neck only + ground-truth box pass": [*NECK_ONLY, "loss.gt_box=1.0"],
     "SAM-SP + pass-0 Dice, neck only + ground-truth box pass, weight 0.25": [*NECK_ONLY, "loss.gt_box=0.25"],
+    # a cached run trains with no augmentation: its cached features mirrored with the mask (data.cached_flips)
+    "SAM-SP + pass-0 Dice, neck only + cached flips 0.5": [*NECK_ONLY, "data.cached_flips=0.5"],
 }
 ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, ClinicDB), quoted from anchors.md
     ("PraNet", 0.898, 0.899),

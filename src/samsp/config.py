@@ -107,9 +107,14 @@ class DataConfig:
     limit: int | None = None  # train on a seeded sample of this many training pairs
     augment: bool | dict[str, float] = True  # or probabilities: hflip, vflip, rotate90, affine, color
     cache_views: int = 1  # augmented views per image kept when the frozen encoder prefix is cached
+    # probability of each mirror flip (horizontal, vertical) of a cached sample's prefix features and mask, drawn
+    # per epoch: the only augmentation a cached run can have after caching (an approximation; training/feature_flips)
+    cached_flips: float = 0.0
 
     def __post_init__(self) -> None:
         _validate(self)
+        if not 0 <= self.cached_flips <= 1:
+            raise SamspError("data.cached_flips must be a probability in [0, 1]")
 
 
 @dataclass(frozen=True)

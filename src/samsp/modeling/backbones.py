@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 from segment_anything.modeling import (
@@ -26,6 +27,9 @@ from ..errors import SamspError
 from ..files import cache_root, download
 
 Stage = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
+# how one image's features lie after a number of encoder stages: "chw" (channels, height, width), "hwc", or "tokens"
+# (L, C) on a square row-major grid
+Layout = Literal["chw", "hwc", "tokens"]
 
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 
@@ -39,6 +43,7 @@ class Backbone:
     normalization: str  # "minmax": per-image min-max to [0, 1] (LiteMedSAM); "imagenet": SAM's pixel mean/std
     build: Callable[[], Sam]
     stages: Callable[[nn.Module], list[Stage]]
+    layout: Callable[[int], Layout]  # of the features after this many stages (a cached prefix's output)
     weights: str  # "bundled", "download" or "random"
     filename: str | None = None
     sha256: str | None = None
@@ -57,6 +62,16 @@ def _tinyvit_stages(encoder: nn.Module) -> list[Stage]:
     stages += [(f"layers.{i}", layer) for i, layer in enumerate(encoder.layers)]
     stages.append(("neck", neck))
     return stages
+
+
+def _tinyvit_layout(stages: int) -> Layout:
+    """TinyViT: a convolutional patch embedding (channels first), then token sequences."""
+    return "chw" if stages <= 1 else "tokens"
+
+
+def _vit_layout(stages: int) -> Layout:
+    """SAM's ViT: channels last from the patch embedding on."""
+    return "hwc"
 
 
 def _vit_stages(encoder: nn.Module) -> list[Stage]:
@@ -133,6 +148,7 @@ BACKBONES: dict[str, Backbone] = {
         normalization="minmax",
         build=build_litemedsam,
         stages=_tinyvit_stages,
+        layout=_tinyvit_layout,
         weights="bundled",
     ),
     **{
@@ -142,6 +158,7 @@ BACKBONES: dict[str, Backbone] = {
             normalization="imagenet",
             build=partial(build_vit_sam, *dims),
             stages=_vit_stages,
+            layout=_vit_layout,
             weights="download",
             filename=filename,
             sha256=sha256,
@@ -177,6 +194,7 @@ BACKBONES: dict[str, Backbone] = {
         normalization="imagenet",
         build=_build_tiny,
         stages=_vit_stages,
+        layout=_vit_layout,
         weights="random",
     ),
 }

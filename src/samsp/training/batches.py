@@ -16,7 +16,7 @@ from ..data.prepared import PreparedSet, collate
 from ..inference.prefix_graph import prefix_encoder
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
-from . import feature_store
+from . import feature_flips, feature_store
 
 # The latest training and validation sets' prefix features, so several trainings in one process (a sweep, the
 # accuracy benchmark) encode them once; older entries are dropped so a long sweep's memory stays bounded.
@@ -44,13 +44,16 @@ class Batches:
         augment_setting: str = "",
         memo: bool = True,
         engine: str = "torch",
+        flips: float = 0.0,
     ):
         self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
         self.store, self.augment_setting, self.memo, self.engine = store, augment_setting, memo, engine
+        self.flips = flips  # probability of each mirror flip of a cached sample (feature_flips)
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
+            self.layout = model.backbone.layout(model.prefix_stages)
             with autocast() if autocast else contextlib.nullcontext():
                 self.features, self.items = self._cache(model, views, dtype)
 
@@ -141,8 +144,19 @@ class Batches:
         views = len(self.features[0])
         for start in range(0, len(order), self.batch_size):
             pick = [(i, (epoch + i) % views) for i in order[start : start + self.batch_size]]
-            batch = collate([{**self.items[i][v], "features": self.features[i][v].float()} for i, v in pick])
+            batch = collate([self._cached_sample(i, v, epoch) for i, v in pick])
             yield {k: v.to(self.device) for k, v in batch.items()}
+
+    def _cached_sample(self, i: int, view: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Image i's cached view, mirrored as this (seed, epoch) draws when flips are on."""
+        item = self.items[i][view]
+        features, mask = self.features[i][view].float(), item["mask"]
+        if self.flips > 0:
+            horizontal, vertical = feature_flips.draw(self.flips, self._seed(epoch, i))
+            features, mask = feature_flips.flip_sample(
+                features, mask, item["valid_hw"], self.layout, horizontal, vertical
+            )
+        return {**item, "mask": mask, "features": features}
 
 
 class _EpochSamples(torch.utils.data.Dataset):

@@ -229,8 +229,20 @@ class Trainer:
             "engine": engine,
         }
         # every process holds the whole training cache (each epoch deals it out anew); validation is split
+        flips = data.cached_flips if augment is not None and use_cache else 0.0
+        if data.cached_flips and not flips:
+            why = "data.augment is off" if augment is None else "nothing is cached, so data.augment augments images"
+            self.notes.append(f"data.cached_flips has no effect: {why}")
         self.train_batches = Batches(
-            train_set, cacher, views, runtime.seed, rank=rank, world=world, workers=runtime.workers, **common
+            train_set,
+            cacher,
+            views,
+            runtime.seed,
+            rank=rank,
+            world=world,
+            workers=runtime.workers,
+            flips=flips,
+            **common,
         )
         self.val_batches = Batches(val_set, cacher, 1, runtime.seed, **common)
         if use_cache:
