@@ -3,8 +3,8 @@
 For PraNet training images of both datasets (seeded sample), LiteMedSAM's frozen prefix is computed for the image
 and for its mirror image; the cached features, mirrored inside the valid region as the trainer does, are compared
 with the mirror image's features: centred cosine (each channel's mean over the grid removed; the unflipped features'
-cosine is the reference), and the Dice of the pretrained decoder given the mirrored label's box on each. From the
-repository root:
+cosine is the reference), and the Dice (over the unpadded frame) of the pretrained decoder given the mirrored
+label's box on each. From the repository root:
     python benchmarks/feature_flips.py
 """
 
@@ -22,8 +22,10 @@ from samsp.data.named import pranet_split
 from samsp.data.pairs import find_pairs
 from samsp.data.prepared import PreparedSet
 from samsp.data.splits import select
+from samsp.inference.predictor import flip_valid
 from samsp.modeling.prompts import boxes_from_masks
 from samsp.training.feature_flips import flip_sample
+from samsp.training.trainer import dice_at_input
 
 DATASETS = (("Kvasir", "kvasir-seg", "kvasir-seg"), ("ClinicDB", "cvc-clinicdb-256", "cvc"))
 PREFIXES = (  # the two cached recipes: (name, model settings)
@@ -38,19 +40,6 @@ def centred_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0))
 
 
-def dice(logits: torch.Tensor, mask: torch.Tensor) -> float:
-    pred, gt = (logits > 0).float(), (mask > 0.5).float()
-    return float(2 * (pred * gt).sum() / (pred.sum() + gt.sum()).clamp(min=1))
-
-
-def mirror(x: torch.Tensor, valid_hw: torch.Tensor, horizontal: bool) -> torch.Tensor:
-    """An image (..., S, S) mirrored inside its valid region, as flip_sample mirrors a mask."""
-    h, w = (int(v) for v in valid_hw)
-    out = x.clone()
-    out[..., :h, :w] = x[..., :h, :w].flip(-1 if horizontal else -2)
-    return out
-
-
 @torch.no_grad()
 def measure(model: SamSP, data: PreparedSet, horizontal: bool) -> dict[str, list[float]]:
     layout = model.backbone.layout(model.prefix_stages)
@@ -59,14 +48,15 @@ def measure(model: SamSP, data: PreparedSet, horizontal: bool) -> dict[str, list
         item = data.item(i)
         image, mask, valid = item["image"][None], item["mask"], item["valid_hw"]
         features = model.encode_prefix(image)[0]
-        target = model.encode_prefix(mirror(image, valid, horizontal))[0]
+        target = model.encode_prefix(flip_valid(image, valid[None], -1 if horizontal else -2))[0]
         standin, flipped_mask = flip_sample(features, mask, valid, layout, horizontal, not horizontal)
         box = boxes_from_masks((flipped_mask > 0.5)[None])[0][:, None, :].float()
         out["cos_standin"].append(centred_cosine(standin, target))
         out["cos_unflipped"].append(centred_cosine(features, target))
         for key, f in (("dice_true", target), ("dice_standin", standin)):
             embeddings = model.run_encoder(f[None], model.prefix_stages)
-            out[key].append(dice(model.decode(embeddings, box)[0][0], flipped_mask))
+            logits = model.decode(embeddings, box)[0]
+            out[key].append(float(dice_at_input(logits, flipped_mask[None], valid[None])[0]))
     return out
 
 

@@ -111,6 +111,7 @@ def test_a_vit_checkpoint_is_refused_for_litemedsam(tmp_path):
 def test_flipped_cached_features_stand_in_for_the_features_of_the_flipped_image(kvasir):
     """data.cached_flips mirrors LiteMedSAM's cached token grid; it must land near what encoding the mirrored image
     gives (the layout and the valid region right), far nearer than the unflipped features."""
+    from samsp.inference.predictor import flip_valid
     from samsp.training.feature_flips import flip_sample
 
     train, _ = kvasir
@@ -119,9 +120,7 @@ def test_flipped_cached_features_stand_in_for_the_features_of_the_flipped_image(
     layout = model.backbone.layout(model.prefix_stages)
     for i in range(2):
         item = data.item(i)
-        h, w = item["valid_hw"].tolist()
-        image = item["image"][None].clone()
-        image[..., :h, :w] = image[..., :h, :w].flip(-1)
+        image = flip_valid(item["image"][None], item["valid_hw"][None], -1)
         with torch.no_grad():
             features, target = model.encode_prefix(item["image"][None])[0], model.encode_prefix(image)[0]
         flipped, _ = flip_sample(features, item["mask"], item["valid_hw"], layout, True, False)

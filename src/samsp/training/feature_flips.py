@@ -13,25 +13,25 @@ import math
 
 import torch
 
+from ..inference.predictor import flip_valid
 from ..modeling.backbones import Layout
 
 
-def _grid(features: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """A (H, W, C) view of one image's features."""
+def _channels_first(features: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """A (C, H, W) view of one image's features."""
     if layout == "tokens":
         side = math.isqrt(features.shape[0])
-        return features.view(side, side, features.shape[1])
-    return features.permute(1, 2, 0) if layout == "chw" else features
+        return features.view(side, side, features.shape[1]).permute(2, 0, 1)
+    return features if layout == "chw" else features.permute(2, 0, 1)
 
 
-def _flip_inside(x: torch.Tensor, rows: int, cols: int, horizontal: bool, vertical: bool) -> torch.Tensor:
-    """`x` (H, W, ...) with its top-left rows x cols region mirrored; the rest (padding) left in place."""
-    out = x.clone()
-    if vertical:
-        out[:rows, :cols] = out[:rows, :cols].flip(0)
-    if horizontal:
-        out[:rows, :cols] = out[:rows, :cols].flip(1)
-    return out
+def _mirror(x: torch.Tensor, valid_hw: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
+    """`x` (..., H, W) mirrored inside its valid region, by `flip_valid` (as test-time flips mirror an image)."""
+    out = x[None]
+    for dim, on in ((-2, vertical), (-1, horizontal)):
+        if on:
+            out = flip_valid(out, valid_hw[None], dim)
+    return out[0]
 
 
 def flip_sample(
@@ -49,13 +49,13 @@ def flip_sample(
     """
     if not (horizontal or vertical):
         return features, mask
-    height, width = (int(v) for v in valid_hw)
-    grid = _grid(features, layout)
-    stride = mask.shape[0] / grid.shape[0]
-    flipped = _flip_inside(grid, math.ceil(height / stride), math.ceil(width / stride), horizontal, vertical)
-    if layout == "chw":
-        flipped = flipped.permute(2, 0, 1)
-    return flipped.reshape(features.shape).contiguous(), _flip_inside(mask, height, width, horizontal, vertical)
+    grid = _channels_first(features, layout)
+    stride = mask.shape[0] / grid.shape[-1]
+    cells = torch.tensor([math.ceil(int(v) / stride) for v in valid_hw])
+    flipped = _mirror(grid, cells, horizontal, vertical)
+    if layout != "chw":
+        flipped = flipped.permute(1, 2, 0)
+    return flipped.reshape(features.shape).contiguous(), _mirror(mask, valid_hw, horizontal, vertical)
 
 
 def draw(probability: float, seed: int) -> tuple[bool, bool]:
