@@ -45,6 +45,33 @@ def test_evaluation_predicts_through_the_same_path(model, tmp_path):
         assert np.allclose(prob, pred.probability, atol=1e-5)
 
 
+def test_evaluation_encodes_the_frozen_prefix_first_by_the_faster_engine(tmp_path, monkeypatch):
+    """Prompt-free fp32 evaluation encodes the frozen prefix of all images first, by OpenVINO on a CPU when there are
+    enough images to pay for compiling it: the maps the predictor gives from the images themselves."""
+    pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
+    from samsp.data.pairs import find_pairs
+    from samsp.evaluation import evaluate as evaluate_module
+    from samsp.inference import prefix_graph
+
+    monkeypatch.setattr(prefix_graph, "MIN_IMAGES", 2)  # 3 images are enough here
+    engines = []
+    real_encoder = evaluate_module.prefix_encoder
+    monkeypatch.setattr(
+        evaluate_module, "prefix_encoder", lambda model, engine: engines.append(engine) or real_encoder(model, engine)
+    )
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
+    assert model.prefix_stages == 2
+    data = load_eval_set(find_pairs(make_dataset(tmp_path / "d", n=3)), model)
+    probs = predict_set(model, data)
+    assert engines == ["openvino"]
+    direct = Predictor(model).predict_inputs(data.inputs, data.frames)
+    for prob, pred in zip(probs, direct, strict=True):
+        assert np.allclose(prob, pred.probability, atol=1e-3)
+    predict_set(model, data, flips=True)  # flips encode each mirrored view: the images themselves, not the prefix
+    assert engines == ["openvino"]
+
+
 @torch.no_grad()
 def test_flips_average_the_three_views_each_prompting_itself(model, images):
     from samsp.inference.preprocess import preprocess

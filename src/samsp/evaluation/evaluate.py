@@ -87,9 +87,16 @@ def predict_set(
     precision: str = "fp32",
     flips: bool = False,
 ) -> list[np.ndarray]:
-    """Probability maps at original size. `prompt`: none (SAM-SP), full_box or gt_box (one boxed pass)."""
+    """Probability maps at original size. `prompt`: none (SAM-SP), full_box or gt_box (one boxed pass).
+
+    Without `features`, an fp32 prediction with no flips encodes the frozen prefix first with `prefix_features`
+    (OpenVINO on a CPU when installed, as training does): the same maps, about twice as fast (`samsp evaluate` on 300
+    Kvasir-SEG images: 4.7 minutes against 9.8).
+    """
     if prompt not in PROMPTS:
         raise SamspError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    if features is None and start_stage == 0 and precision == "fp32" and not flips and model.prefix_stages > 0:
+        features, start_stage = prefix_features(model, data, batch_size), model.prefix_stages
     boxes = None
     if prompt != "none":
         valid = torch.tensor([f.resized_hw for f in data.frames]).reshape(-1, 2)
