@@ -65,7 +65,9 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice + 2 adapted stages": [*PASS0_DICE, "model.adapt_stages=2"],
     "SAM-SP + pass-0 Dice, every stage adapted (GPU)": [*PASS0_DICE, "model.adapt_stages=null"],
     "SAMed-style one pass, every stage adapted (GPU)": ["model.self_prompt=false", "model.adapt_stages=null"],
-    # the CPU fallback when LoRA is too slow: the encoder body frozen and cached whole, its neck trains with the decoder
+    # the encoder body frozen and cached whole, its neck trains with the decoder: what a CPU trains under a time budget
+    # (--minutes) when a row leaves the adaptation to samsp, so a LoRA row under --minutes on a CPU needs
+    # --set model.adapt_stages=1
     "SAM-SP + pass-0 Dice, neck only": NECK_ONLY,
     # levers on top of the CPU fallback, one change each against "SAM-SP + pass-0 Dice, neck only"
     "SAM-SP + pass-0 Dice, neck only + decoder LR 0.1x": [*NECK_ONLY, "optim.decoder_lr_scale=0.1"],

@@ -1,11 +1,12 @@
 """The main job on the embedded default: fine-tune LiteMedSAM with SAM-SP on Kvasir-SEG, compare with zero-shot.
 
-Trains on a seeded subset of the PraNet training ids (the CPU budget decides how many), tests the final model (the
-run's last/, where the learning-rate schedule ends) on the 100 PraNet test ids with no prompt, and prints the
-zero-shot rows beside it: no prompt, a box around the whole image, and the ground-truth box (an oracle that reads
-the label; an upper reference, not a competitor). The final model, not the best-validation one, because the 20
-validation images resolve differences of about 0.03 while the epochs of a run differ by about 0.01 on them: the
-"best" epoch was chosen by noise, like nnU-Net, which also predicts with its final checkpoint.
+Trains on a seeded subset of the PraNet training ids (160 by default: with 400, LoRA fitted 2.25 epochs in the
+7-minute CPU budget and scored lower, and caching them made the job 16 minutes; BENCHMARKS.md, main job), tests the
+final model (the run's last/, where the learning-rate schedule ends) on the 100 PraNet test ids with no prompt, and
+prints the zero-shot rows beside it: no prompt, a box around the whole image, and the ground-truth box (an oracle
+that reads the label; an upper reference, not a competitor). The final model, not the best-validation one, because
+the 20 validation images resolve differences of about 0.03 while the epochs of a run differ by about 0.01 on them:
+the "best" epoch was chosen by noise, like nnU-Net, which also predicts with its final checkpoint.
 """
 
 from __future__ import annotations

@@ -42,13 +42,12 @@ class Batches:
         workers: int = 0,
         store: Path | None = None,
         augment_setting: str = "",
-        memo: bool = True,
         engine: str = "torch",
         flips: float = 0.0,
     ):
         self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
-        self.store, self.augment_setting, self.memo, self.engine = store, augment_setting, memo, engine
+        self.store, self.augment_setting, self.engine = store, augment_setting, engine
         self.flips = flips  # probability of each mirror flip of a cached sample (feature_flips)
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
@@ -58,8 +57,7 @@ class Batches:
                 self.features, self.items = self._cache(model, views, dtype)
 
     def _cache(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
-        """Prefix features per image and view; reused across runs in one process (benchmarks, sweeps) unless
-        `memo` is off (a throw-away probe must not push a sweep's sets out of the memo).
+        """Prefix features per image and view; reused across runs in one process (benchmarks, sweeps).
 
         A memo entry computed for fewer stages is advanced through the missing frozen stages instead of
         encoding the images again.
@@ -78,8 +76,6 @@ class Batches:
             *recipe,
         )
         stop = model.prefix_stages
-        if not self.memo:
-            return self._read_or_encode(model, views, dtype, recipe)
         if key in _PREFIX_MEMO and _PREFIX_MEMO[key][0] <= stop:
             _PREFIX_MEMO.move_to_end(key)
             start, features, items = _PREFIX_MEMO[key]

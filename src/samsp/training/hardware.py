@@ -30,13 +30,23 @@ def pick_device(name: str) -> torch.device:
 def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig, list[str]]:
     """A new config with every "auto" setting filled for `device` (except epochs under a time budget, the default on
     a CPU and an explicit `optim.time_budget_min` on a GPU: the trainer plans those from measured speed), and the
-    sentences that say what was chosen and why."""
+    sentences that say what was chosen and why. A CPU under a time budget with the adaptation left to samsp trains
+    the encoder's neck and the decoder (strategy `full`, no adapted body stage); a GPU adapts every stage."""
     notes: list[str] = []
     cpu = device.type == "cpu"
     model, optim, runtime = config.model, config.optim, config.runtime
+    if optim.time_budget_min == "auto":
+        optim = dataclasses.replace(optim, time_budget_min=CPU_BUDGET_MIN if cpu else None)
     if model.adapt_stages == "auto":
         if model.strategy == "frozen":
             model = dataclasses.replace(model, adapt_stages=0)
+        elif cpu and model.strategy == "lora" and not model.train_neck and _budgeted(optim):
+            model = dataclasses.replace(model, strategy="full", adapt_stages=0)
+            notes.append(
+                "CPU with a time budget: training the encoder's neck and the decoder, the encoder body frozen and "
+                "cached whole (its steps are about twice as fast as LoRA's on the last stage, and it scored higher on "
+                "held-out images: BENCHMARKS.md, main job); model.adapt_stages or optim.epochs set trains LoRA"
+            )
         elif cpu:
             model = dataclasses.replace(model, adapt_stages=1 if model.backbone == "litemedsam" else 2)
             notes.append(
@@ -46,8 +56,6 @@ def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig
         else:
             model = dataclasses.replace(model, adapt_stages=None)
             notes.append("GPU: adapting every encoder stage")
-    if optim.time_budget_min == "auto":
-        optim = dataclasses.replace(optim, time_budget_min=CPU_BUDGET_MIN if cpu else None)
     if optim.epochs == "auto" and not cpu and optim.time_budget_min is None:  # a set budget: the trainer plans
         optim = dataclasses.replace(optim, epochs=GPU_EPOCHS)
         notes.append(f"GPU: {GPU_EPOCHS} epochs")
@@ -57,6 +65,11 @@ def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig
     if runtime.workers == "auto":
         runtime = dataclasses.replace(runtime, workers=0 if cpu else 8)
     return dataclasses.replace(config, model=model, optim=optim, runtime=runtime), notes
+
+
+def _budgeted(optim) -> bool:
+    """Whether the trainer plans the epochs from a time budget (epochs left to samsp, a budget set)."""
+    return optim.epochs == "auto" and bool(optim.time_budget_min)
 
 
 def _pick_mixed_precision(runtime, device: torch.device):

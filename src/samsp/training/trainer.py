@@ -37,14 +37,13 @@ from ..modeling.losses import samsp_loss
 from ..modeling.prompts import ground_truth_boxes, valid_region
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
-from .batches import Batches, steps_per_epoch
+from .batches import Batches
 from .checkpoints import load_state, save_state, state_path
 from .hardware import environment, forced_bf16_warning, pick_device, resolve_auto, set_seed
 from .history import write_history
 from .schedule import make_optimizer, steps_fit
 
 log = logging.getLogger("samsp")
-MIN_LORA_EPOCHS = 2  # on a CPU budget, fewer LoRA epochs than this train the neck and decoder (choose_adaptation)
 MAX_EPOCHS = 200  # the most epochs a time budget plans
 
 
@@ -77,7 +76,7 @@ def train(
 
 
 class Trainer:
-    """Fine-tunes a SamSP model: setup, choose_adaptation, cache, plan, then per epoch train, validate,
+    """Fine-tunes a SamSP model: setup, cache, plan, then per epoch train, validate,
     checkpoint; finish."""
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False):
@@ -90,7 +89,6 @@ class Trainer:
     def fit(self) -> Path:
         """Run every step in order; return the run folder."""
         self.setup()
-        self.choose_adaptation()
         self.cache()
         self.plan()
         self.on_train_start()
@@ -118,8 +116,6 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         device = pick_device(self.config.runtime.device)
-        # a CPU run whose encoder adaptation and epochs are both left to samsp may fall back to training the neck
-        self.adaptation_is_auto = self.config.model.adapt_stages == "auto" and self.config.optim.epochs == "auto"
         slow_bf16 = forced_bf16_warning(device) if self.config.runtime.mixed_precision == "bf16" else None
         self.config, notes = resolve_auto(self.config, device)
         self.notes += notes
@@ -154,52 +150,6 @@ class Trainer:
                 self.accelerator.num_processes * self.config.optim.batch_size,
             )
         self.model = SamSP(self.config.model).to(self.device)
-
-    def choose_adaptation(self) -> None:
-        """CPU with a time budget: when LoRA on the adapted stages fits fewer than MIN_LORA_EPOCHS epochs, train the
-        encoder's neck and the decoder only (strategy `full` with no adapted body stage: the body is cached whole).
-
-        Measured with the main job on an AVX2 CPU (no bf16 units): LoRA fitted 1 epoch in 7 minutes and reached
-        0.719 Kvasir mDice (validation 0.817); the decoder alone fitted 3 and reached 0.789 (validation 0.866); the
-        neck and the decoder fitted 3 and reached 0.854 (validation 0.895).
-        """
-        cfg = self.config.model
-        if self.resume or not self.adaptation_is_auto or cfg.strategy != "lora" or self.device.type != "cpu":
-            return
-        if not self.model.adapted or not self.config.optim.time_budget_min:
-            return
-        probe = self.train_pairs[: self.config.optim.batch_size]
-        backbone = get_backbone(cfg.backbone)
-        batches = Batches(
-            PreparedSet(probe, backbone, None, self.config.runtime.threads),
-            self.model,
-            1,
-            self.config.runtime.seed,
-            batch_size=len(probe),
-            device=self.device,
-            dtype=getattr(torch, self.config.runtime.cache_dtype),
-            autocast=self.accelerator.autocast,
-            memo=False,
-        )
-        with torch.random.fork_rng(devices=[]):  # the probe leaves the seeded run as it would be without it
-            step_s = self.step_seconds(batches)
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        steps = steps_per_epoch(len(self.train_pairs), self.config.optim.batch_size, rank, world)
-        budget_s = float(self.config.optim.time_budget_min) * 60
-        fit = self.agreed(self.budget_steps(budget_s, step_s, self.validation_seconds(step_s), steps))
-        fit /= steps
-        if fit >= MIN_LORA_EPOCHS:
-            return
-        adapted = ", ".join(self.model.adapted)
-        neck = dataclasses.replace(cfg, strategy="full", adapt_stages=0, train_neck=False)
-        self.config = dataclasses.replace(self.config, model=neck)
-        self.model = SamSP(self.config.model).to(self.device)
-        self.notes.append(
-            f"CPU: LoRA on {adapted} fits {fit:.2g} epoch(s) of the "
-            f"{self.config.optim.time_budget_min:g}-minute budget (measured {step_s:.2f} s per step), fewer than "
-            f"{MIN_LORA_EPOCHS}: training the encoder's neck and the decoder only (the rest of the encoder frozen), "
-            "whose steps are about twice as fast (model.adapt_stages or optim.epochs set explicitly keeps LoRA)"
-        )
 
     def cache(self) -> None:
         """Decode every pair once; cache the frozen encoder prefix (training views and validation)."""
