@@ -1,22 +1,21 @@
 """Kvasir-SEG PraNet training ids that no `samsp demo` run trained or validated on: a validation set large enough to
 choose the main job's recipe, so the 100 test ids stay for the figures the README quotes.
 
-The demo draws its training and validation images as the first ones of a seeded permutation of the 900 PraNet
-training ids; this takes the permutation's tail from `--skip` on, and checks that none of the given demo folders used
-one of them. Example, from the repository root (then score each run with `samsp evaluate --ids`):
+The demo draws its training and validation images with `samsp.demo.training_draw`; drawn over all 900 PraNet
+training ids, the same seeded draw begins with the demo's images (for 86 or more of them), so this takes its tail
+from `--skip` on, and checks that none of the given demo folders used one of them. Example, from the repository
+root (then score each run with `samsp evaluate --ids`):
     python benchmarks/held_out_ids.py --data ../shared/data/kvasir-seg --out runs/held_out_ids.txt runs/demo-*
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 
-from samsp.data.named import pranet_split
 from samsp.data.pairs import find_pairs
-from samsp.data.splits import select
+from samsp.demo import training_draw
 
 
 def main() -> None:
@@ -27,9 +26,8 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=600, help="permutation positions left to demo runs (600)")
     parser.add_argument("--seed", type=int, default=0, help="the demo's split seed (0)")
     args = parser.parse_args()
-    train_ids, _ = pranet_split("kvasir-seg")
-    pool = sorted(select(find_pairs(args.data), train_ids, "PraNet train ids"), key=lambda p: p.id)
-    held_out = {p.id for p in random.Random(args.seed).sample(pool, len(pool))[args.skip :]}
+    pairs = find_pairs(args.data)
+    held_out = {p.id for p in training_draw(pairs, len(pairs), args.seed)[args.skip :]}
     for demo in args.demos:
         for name in ("demo_train_ids.txt", "demo_val_ids.txt"):
             used = held_out & set((demo / name).read_text().split())

@@ -74,12 +74,16 @@ def run_demo(
 def demo_split(root: Path, out: Path, train_size: int, val_size: int, seed: int) -> list[Pair]:
     """Write a seeded sample of the PraNet training ids (train and validation id lists); return the test pairs."""
     pairs = find_pairs(root)
-    train_ids, test_ids = pranet_split("kvasir-seg")
-    pool = sorted(select(pairs, train_ids, "PraNet train ids"), key=lambda p: p.id)
-    picked = random.Random(seed).sample(pool, min(len(pool), train_size + val_size))
+    picked = training_draw(pairs, train_size + val_size, seed)
     write_split(out / "demo_train_ids.txt", sorted(picked[:train_size], key=lambda p: p.id))
     write_split(out / "demo_val_ids.txt", sorted(picked[train_size:], key=lambda p: p.id))
-    return select(pairs, test_ids, "PraNet test ids")
+    return select(pairs, pranet_split("kvasir-seg")[1], "PraNet test ids")
+
+
+def training_draw(pairs: list[Pair], count: int, seed: int) -> list[Pair]:
+    """The demo's seeded draw of `count` PraNet training pairs (all of them at most), in draw order."""
+    pool = sorted(select(pairs, pranet_split("kvasir-seg")[0], "PraNet train ids"), key=lambda p: p.id)
+    return random.Random(seed).sample(pool, min(len(pool), count))
 
 
 def compare(trained: SamSP, test: list[Pair], out: Path) -> list[dict]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..config import TrainConfig
+from ..config import OptimConfig, TrainConfig
 
 CPU_BUDGET_MIN = 30.0
 GPU_EPOCHS = 30
@@ -67,7 +67,7 @@ def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig
     return dataclasses.replace(config, model=model, optim=optim, runtime=runtime), notes
 
 
-def _budgeted(optim) -> bool:
+def _budgeted(optim: OptimConfig) -> bool:
     """Whether the trainer plans the epochs from a time budget (epochs left to samsp, a budget set)."""
     return optim.epochs == "auto" and bool(optim.time_budget_min)
 
