@@ -10,6 +10,7 @@ from helpers import make_dataset
 from samsp import ModelConfig, SamSP, train
 from samsp.errors import SamspError
 from samsp.inference import prefix_graph
+from samsp.inference.onnx_runtimes import openvino_has_bf16
 from samsp.inference.prefix_graph import MIN_IMAGES, choose_prefix_engine, prefix_digest, prefix_encoder
 
 CPU = torch.device("cpu")
@@ -43,6 +44,30 @@ def test_a_bf16_run_compiles_the_fp32_prefix(monkeypatch):
         got = prefix_encoder(model, "openvino")(images)
     assert got.dtype == torch.float32
     assert torch.allclose(got, model.encode_prefix(images), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not openvino_has_bf16(), reason="OpenVINO has no bf16 on this CPU")
+def test_the_bf16_prefix_rounds_about_as_autocast_does():
+    """What a bf16 run caches: features within bf16 rounding of the fp32 ones, as PyTorch's autocast gives."""
+    model = tiny(adapt_stages=1)
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 128, 128)
+    exact = model.encode_prefix(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = model.encode_prefix(images).float()
+    got = prefix_encoder(model, "openvino", "bf16")(images)
+
+    def error(features: torch.Tensor) -> float:
+        return float((features - exact).norm() / exact.norm())
+
+    assert got.dtype == torch.float32 and got.shape == exact.shape
+    assert 0 < error(got) < 2 * error(autocast) + 1e-3  # rounded (so bf16 ran), and no more than autocast rounds
+    assert prefix_encoder(model, "openvino", "bf16") is not prefix_encoder(model, "openvino")
+
+
+def test_openvino_refuses_a_precision_it_cannot_run():
+    with pytest.raises(SamspError, match="OpenVINO runs the prefix in fp32 or bf16, not fp16"):
+        prefix_encoder(tiny(adapt_stages=1), "openvino", "fp16")
 
 
 def test_a_trained_model_reuses_the_graph_compiled_for_its_pretrained_weights(monkeypatch):
@@ -79,33 +104,35 @@ def test_pytorch_encodes_when_nothing_is_frozen():
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "autocast", "images", "engine", "why"),
+    ("setting", "device", "precision", "images", "engine", "why"),
     [
-        ("auto", "cpu", False, MIN_IMAGES, "openvino", "OpenVINO"),
-        ("auto", "cuda", False, 1000, "torch", "cuda"),
-        ("auto", "cpu", True, 1000, "torch", "autocast"),
-        ("auto", "cpu", False, MIN_IMAGES - 1, "torch", "too few"),
-        ("torch", "cpu", False, 1000, "torch", "(set)"),
-        ("openvino", "cpu", False, 1, "openvino", "(set)"),
+        ("auto", "cpu", "fp32", MIN_IMAGES, "openvino", "OpenVINO"),
+        ("auto", "cuda", "fp32", 1000, "torch", "cuda"),
+        ("auto", "cuda", "bf16", 1000, "torch", "cuda"),
+        ("auto", "cpu", "fp16", 1000, "torch", "autocast"),
+        ("auto", "cpu", "bf16", 1000, "torch", "autocast"),
+        ("auto", "cpu", "fp32", MIN_IMAGES - 1, "torch", "too few"),
+        ("torch", "cpu", "fp32", 1000, "torch", "(set)"),
+        ("openvino", "cpu", "fp32", 1, "openvino", "(set)"),
     ],
 )
 def test_auto_compiles_the_prefix_only_for_a_cpu_fp32_run_with_enough_images(
-    setting, device, autocast, images, engine, why
+    setting, device, precision, images, engine, why
 ):
-    chosen, sentence = choose_prefix_engine(setting, torch.device(device), autocast, images)
+    chosen, sentence = choose_prefix_engine(setting, torch.device(device), precision, images)
     assert chosen == engine and why in sentence
 
 
 def test_auto_says_what_to_install_when_openvino_is_missing(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else real(name))
-    engine, why = choose_prefix_engine("auto", CPU, False, 1000)
+    engine, why = choose_prefix_engine("auto", CPU, "fp32", 1000)
     assert engine == "torch" and "pip install 'samsp[onnx,openvino]'" in why
 
 
 def test_an_unknown_engine_is_refused():
     with pytest.raises(SamspError, match="runtime.prefix_engine must be one of auto, torch, openvino"):
-        choose_prefix_engine("tensorrt", CPU, False, 1000)
+        choose_prefix_engine("tensorrt", CPU, "fp32", 1000)
 
 
 def test_a_training_run_caches_the_prefix_with_the_engine_it_names(tmp_path, monkeypatch):
@@ -115,9 +142,13 @@ def test_a_training_run_caches_the_prefix_with_the_engine_it_names(tmp_path, mon
     data = make_dataset(tmp_path / "data", n=8)
     store = tmp_path / "features"
     common = ["model.backbone=tiny", "model.adapt_stages=1", "optim.epochs=1", f"runtime.cache_dir={store}"]
-    run = train(data=str(data), out=tmp_path / "ov", overrides=[*common, "runtime.prefix_engine=openvino"])
+    fp32 = [*common, "runtime.mixed_precision=no"]
+    run = train(data=str(data), out=tmp_path / "ov", overrides=[*fp32, "runtime.prefix_engine=openvino"])
     log = (run / "train.log").read_text()
-    assert "prefix engine = openvino (set)" in log and "compiled the frozen encoder prefix (2 stages)" in log
+    assert (
+        "prefix engine = openvino (set)" in log
+        and "compiled the frozen encoder prefix (2 stages) for openvino, fp32" in log
+    )
     assert len(list(store.iterdir())) == 2  # the training and the validation images
-    train(data=str(data), out=tmp_path / "pt", overrides=[*common, "runtime.prefix_engine=torch"])
+    train(data=str(data), out=tmp_path / "pt", overrides=[*fp32, "runtime.prefix_engine=torch"])
     assert len(list(store.iterdir())) == 4

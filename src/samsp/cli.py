@@ -207,7 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job: SAM-SP on Kvasir-SEG vs zero-shot LiteMedSAM (~15 min CPU)")
     d.add_argument("--data", help="Kvasir-SEG folder (default: download it, with a network)")
     d.add_argument("--out", default="runs/kvasir-demo")
-    d.add_argument("--train-size", type=int, default=160, help="PraNet training images used (default: 160)")
+    d.add_argument("--train-size", type=int, default=320, help="PraNet training images used (default: 320)")
     d.add_argument("--minutes", type=float, default=7.0, help="training-loop budget on the CPU (default: 7)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a train setting")
     return p

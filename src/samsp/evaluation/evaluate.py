@@ -66,7 +66,7 @@ def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> Eval
 def prefix_features(model: SamSP, data: EvalSet, batch_size: int = 4, engine: str = "auto") -> list[torch.Tensor]:
     """The frozen encoder prefix for every image, so several models sharing it are evaluated at the cost of one.
     `engine`: torch, openvino, or auto (`choose_prefix_engine`: OpenVINO on a CPU when installed)."""
-    engine, why = choose_prefix_engine(engine, model.device, False, len(data.inputs))
+    engine, why = choose_prefix_engine(engine, model.device, "fp32", len(data.inputs))
     log.info(why)
     encode = prefix_encoder(model, engine)
     out = []

@@ -59,13 +59,22 @@ def _onnxruntime(path: Path, threads: int | None, providers: Sequence[str] | Non
     return run
 
 
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO can run bf16 on this machine's CPU (False when OpenVINO is not installed)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def _openvino(path: Path, precision: str, threads: int | None) -> GraphRunner:
     try:
         import openvino as ov
     except ImportError as err:
         raise SamspError("the OpenVINO engine needs openvino: pip install 'samsp[openvino]'") from err
     core = ov.Core()
-    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if precision == "bf16" and not openvino_has_bf16():
         raise SamspError("precision bf16: this CPU has no bf16 units OpenVINO can use; use fp32")
     # the precision is always set: OpenVINO would otherwise pick bf16 by itself on CPUs that have it
     config: dict[str, object] = {"INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision]}

@@ -2,8 +2,9 @@
 
 Encoding the frozen prefix is a large share of a CPU run: the training cache and the evaluation of every test image.
 Eager PyTorch runs TinyViT's element-wise work as separate memory-bound kernels; OpenVINO fuses it and runs the
-same fp32 arithmetic in less than half the time (BENCHMARKS.md, "Encoding the frozen prefix"). `prefix_encoder`
-exports the prefix to ONNX once per weights and depth in a process and returns a function from images to features.
+same fp32 arithmetic in less than half the time (BENCHMARKS.md, "Encoding the frozen prefix"; in bf16 too, which
+the benchmark measures but no run chooses yet). `prefix_encoder` exports the prefix to ONNX once per weights, depth
+and precision in a process and returns a function from images to features.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .onnx_runtimes import open_graph
 
 log = logging.getLogger("samsp")
 PREFIX_ENGINES = ("auto", "torch", "openvino")
+OPENVINO_PRECISIONS = ("fp32", "bf16")
 # below this many images the export (about 25 s for LiteMedSAM on 2 cores) costs more than it saves
 MIN_IMAGES = 40
 PrefixEncoder = Callable[[torch.Tensor], torch.Tensor]
@@ -43,16 +45,17 @@ class PrefixGraph(nn.Module):
         return self.model.run_encoder(images, 0, self.stop)
 
 
-def choose_prefix_engine(setting: str, device: torch.device, autocast: bool, images: int) -> tuple[str, str]:
-    """The engine that encodes `images` images (`setting` auto decides) and the sentence that says why."""
+def choose_prefix_engine(setting: str, device: torch.device, precision: str, images: int) -> tuple[str, str]:
+    """The engine that encodes `images` images in `precision` (fp32, or a run's mixed precision: bf16, fp16;
+    `setting` auto decides) and the sentence that says why."""
     if setting not in PREFIX_ENGINES:
         raise SamspError(f"runtime.prefix_engine must be one of {', '.join(PREFIX_ENGINES)}, got {setting!r}")
     if setting != "auto":
         return setting, f"prefix engine = {setting} (set)"
     if device.type != "cpu":
         return "torch", f"{device.type}: the frozen prefix runs in PyTorch"
-    if autocast:
-        return "torch", "CPU, mixed precision: the frozen prefix runs in PyTorch under autocast"
+    if precision != "fp32":  # OpenVINO's bf16 is measured faster, but left off: BENCHMARKS.md, prefix engine
+        return "torch", f"CPU, {precision}: the frozen prefix runs in PyTorch under autocast"
     if images < MIN_IMAGES:
         return "torch", f"{images} images to encode: too few to pay for compiling the prefix, so PyTorch encodes them"
     missing = [name for name in ("openvino", "onnxscript") if importlib.util.find_spec(name) is None]
@@ -61,8 +64,9 @@ def choose_prefix_engine(setting: str, device: torch.device, autocast: bool, ima
     return "openvino", "CPU, fp32: the frozen prefix runs in OpenVINO (same features, about 2x the speed)"
 
 
-def prefix_encoder(model: SamSP, engine: str) -> PrefixEncoder:
-    """A function from preprocessed images to the frozen prefix's features, computed by `engine` (torch or openvino).
+def prefix_encoder(model: SamSP, engine: str, precision: str = "fp32") -> PrefixEncoder:
+    """A function from preprocessed images to the frozen prefix's features, computed by `engine` (torch or openvino;
+    torch computes in the caller's precision, under its autocast if any, openvino in `precision`: fp32 or bf16).
 
     The OpenVINO graph is exported and compiled on first use and kept for the process, keyed by the frozen weights,
     so a trained model and the pretrained one it started from share one graph.
@@ -71,9 +75,11 @@ def prefix_encoder(model: SamSP, engine: str) -> PrefixEncoder:
         return model.encode_prefix
     if engine != "openvino":
         raise SamspError(f"unknown prefix engine {engine!r}: choose torch or openvino")
-    key = (prefix_digest(model), engine)
+    if precision not in OPENVINO_PRECISIONS:
+        raise SamspError(f"OpenVINO runs the prefix in {' or '.join(OPENVINO_PRECISIONS)}, not {precision}")
+    key = (prefix_digest(model), engine, precision)
     if key not in _COMPILED:
-        _COMPILED[key] = _compile(model, engine)
+        _COMPILED[key] = _compile(model, engine, precision)
     return _COMPILED[key]
 
 
@@ -84,7 +90,7 @@ def prefix_digest(model: SamSP) -> str:
     return digest.hexdigest()
 
 
-def _compile(model: SamSP, engine: str) -> PrefixEncoder:
+def _compile(model: SamSP, engine: str, precision: str) -> PrefixEncoder:
     size = model.backbone.img_size
     with tempfile.TemporaryDirectory(prefix="samsp-prefix-") as folder:
         path = Path(folder) / "prefix.onnx"
@@ -96,11 +102,11 @@ def _compile(model: SamSP, engine: str) -> PrefixEncoder:
                 f"({first_line(err)}); "
                 "use runtime.prefix_engine=torch"
             ) from err
-        run = open_graph(path, engine, "fp32", threads=torch.get_num_threads())
+        run = open_graph(path, engine, precision, threads=torch.get_num_threads())
 
     def encode(images: torch.Tensor) -> torch.Tensor:
         features = run({"images": images.detach().to("cpu", torch.float32).numpy()})["features"]
         return torch.from_numpy(features).to(images.device)
 
-    log.info("compiled the frozen encoder prefix (%d stages) for %s", model.prefix_stages, engine)
+    log.info("compiled the frozen encoder prefix (%d stages) for %s, %s", model.prefix_stages, engine, precision)
     return encode

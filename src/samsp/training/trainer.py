@@ -163,8 +163,10 @@ class Trainer:
         cacher = model if use_cache else None
         views = data.cache_views if augment is not None else 1
         dtype = getattr(torch, runtime.cache_dtype)
+        # a compiled prefix computes in fp32 (auto compiles none for a bf16 run; BENCHMARKS.md, prefix engine)
+        precision = "fp32" if runtime.mixed_precision == "no" else runtime.mixed_precision
         engine, why = choose_prefix_engine(
-            runtime.prefix_engine, self.device, runtime.mixed_precision != "no", len(train_set) * views + len(val_set)
+            runtime.prefix_engine, self.device, precision, len(train_set) * views + len(val_set)
         )
         if use_cache:
             self.notes.append(why)
