@@ -36,6 +36,8 @@ RECIPES = {
     "LoRA on the last stage (4 of 6 frozen)": ModelConfig(adapt_stages=1),
 }
 JOBS = {"main job (180 images)": 180, "standard protocol (1447 images)": 1447}
+# how PyTorch computes a run's prefix in each precision: a bf16 run's under autocast
+TORCH_CONTEXT = {"fp32": contextlib.nullcontext, "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}
 
 
 def measure(config: ModelConfig, data: PreparedSet, precisions: list[str]) -> dict[str, dict]:
@@ -47,12 +49,10 @@ def measure(config: ModelConfig, data: PreparedSet, precisions: list[str]) -> di
         start = time.perf_counter()
         compiled = prefix_graph.prefix_encoder(model, "openvino", precision)
         compile_s[precision] = time.perf_counter() - start
-        bf16 = precision == "bf16"  # PyTorch computes a bf16 run's prefix under autocast
-
-        def autocast(bf16: bool = bf16) -> contextlib.AbstractContextManager:
-            return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-        engines[precision] = {"torch": (model.encode_prefix, autocast), "openvino": (compiled, contextlib.nullcontext)}
+        engines[precision] = {
+            "torch": (model.encode_prefix, TORCH_CONTEXT[precision]),
+            "openvino": (compiled, contextlib.nullcontext),
+        }
     times = {(p, e): [] for p in precisions for e in ("torch", "openvino")}
     errors = {key: [] for key in times}
     for i in range(len(data)):
