@@ -11,9 +11,16 @@ from samsp import ModelConfig, SamSP, train
 from samsp.errors import SamspError
 from samsp.inference import prefix_graph
 from samsp.inference.onnx_runtimes import openvino_has_bf16
-from samsp.inference.prefix_graph import MIN_IMAGES, choose_prefix_engine, prefix_digest, prefix_encoder
+from samsp.inference.prefix_graph import (
+    MIN_IMAGES,
+    choose_prefix_engine,
+    graph_precision,
+    prefix_digest,
+    prefix_encoder,
+)
 
 CPU = torch.device("cpu")
+OV_BF16 = openvino_has_bf16()
 
 
 def tiny(**kw) -> SamSP:
@@ -46,10 +53,10 @@ def test_a_bf16_run_compiles_the_fp32_prefix(monkeypatch):
     assert torch.allclose(got, model.encode_prefix(images), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not openvino_has_bf16(), reason="OpenVINO has no bf16 on this CPU")
+@pytest.mark.skipif(not OV_BF16, reason="OpenVINO has no bf16 on this CPU")
 def test_the_bf16_prefix_rounds_about_as_autocast_does(monkeypatch):
-    """What a bf16 run would cache: features within bf16 rounding of the fp32 ones, as PyTorch's autocast gives."""
-    monkeypatch.setattr(prefix_graph, "_COMPILED", {})  # the bf16 graph is dropped after the test (BENCHMARKS.md)
+    """What a bf16 run caches: features within bf16 rounding of the fp32 ones, as PyTorch's autocast gives."""
+    monkeypatch.setattr(prefix_graph, "_COMPILED", {})  # compile anew
     model = tiny(adapt_stages=1)
     torch.manual_seed(1)
     images = torch.randn(2, 3, 128, 128)
@@ -111,13 +118,14 @@ def test_pytorch_encodes_when_nothing_is_frozen():
         ("auto", "cuda", "fp32", 1000, "torch", "cuda"),
         ("auto", "cuda", "bf16", 1000, "torch", "cuda"),
         ("auto", "cpu", "fp16", 1000, "torch", "autocast"),
-        ("auto", "cpu", "bf16", 1000, "torch", "autocast"),
+        ("auto", "cpu", "bf16", 1000, *(("openvino", "OpenVINO") if OV_BF16 else ("torch", "no bf16"))),
+        ("auto", "cpu", "bf16", MIN_IMAGES - 1, "torch", "too few"),
         ("auto", "cpu", "fp32", MIN_IMAGES - 1, "torch", "too few"),
         ("torch", "cpu", "fp32", 1000, "torch", "(set)"),
         ("openvino", "cpu", "fp32", 1, "openvino", "(set)"),
     ],
 )
-def test_auto_compiles_the_prefix_only_for_a_cpu_fp32_run_with_enough_images(
+def test_auto_compiles_the_prefix_only_for_a_cpu_run_with_enough_images(
     setting, device, precision, images, engine, why
 ):
     chosen, sentence = choose_prefix_engine(setting, torch.device(device), precision, images)
@@ -153,3 +161,22 @@ def test_a_training_run_caches_the_prefix_with_the_engine_it_names(tmp_path, mon
     assert len(list(store.iterdir())) == 2  # the training and the validation images
     train(data=str(data), out=tmp_path / "pt", overrides=[*fp32, "runtime.prefix_engine=torch"])
     assert len(list(store.iterdir())) == 4
+    if OV_BF16:  # a bf16 run's graph computes in bf16, and its features are stored apart from the fp32 graph's
+        bf16 = [*common, "runtime.mixed_precision=bf16", "runtime.prefix_engine=openvino"]
+        run = train(data=str(data), out=tmp_path / "ov-bf16", overrides=bf16)
+        assert "compiled the frozen encoder prefix (2 stages) for openvino, bf16" in (run / "train.log").read_text()
+        assert len(list(store.iterdir())) == 6
+
+
+@pytest.mark.parametrize(
+    ("engine", "precision", "graph"),
+    [
+        ("openvino", "fp32", "fp32"),
+        ("openvino", "bf16", "bf16" if OV_BF16 else "fp32"),
+        ("openvino", "fp16", "fp32"),
+        ("torch", "bf16", "bf16"),
+        ("torch", "fp32", "fp32"),
+    ],
+)
+def test_a_compiled_prefix_computes_in_bf16_only_for_a_bf16_run_that_openvino_can_run(engine, precision, graph):
+    assert graph_precision(engine, precision) == graph

@@ -6,8 +6,10 @@ which runtime computes them. Neither needs torch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -62,18 +64,30 @@ def _onnxruntime(path: Path, threads: int | None, providers: Sequence[str] | Non
 def openvino_has_bf16() -> bool:
     """Whether OpenVINO can run bf16 on this machine's CPU (False when OpenVINO is not installed)."""
     try:
-        import openvino as ov
-    except ImportError:
+        core = openvino_core()
+    except SamspError:
         return False
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def _openvino(path: Path, precision: str, threads: int | None) -> GraphRunner:
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one OpenVINO Core, kept for its lifetime; every graph compiles on it.
+
+    A Core's CPU plugin points the compiling thread's signal stack (sigaltstack) at memory of its own on the first
+    compile and puts the previous one back when the Core is freed. Cores freed in another order than they were made
+    leave that stack pointing at freed memory, and the next Python signal handler (SIGCHLD after DataLoader workers,
+    SIGINT) kills the process with SIGSEGV; one Core that never dies cannot (BENCHMARKS.md, prefix engine).
+    """
     try:
         import openvino as ov
     except ImportError as err:
         raise SamspError("the OpenVINO engine needs openvino: pip install 'samsp[openvino]'") from err
-    core = ov.Core()
+    return ov.Core()
+
+
+def _openvino(path: Path, precision: str, threads: int | None) -> GraphRunner:
+    core = openvino_core()
     if precision == "bf16" and not openvino_has_bf16():
         raise SamspError("precision bf16: this CPU has no bf16 units OpenVINO can use; use fp32")
     # the precision is always set: OpenVINO would otherwise pick bf16 by itself on CPUs that have it

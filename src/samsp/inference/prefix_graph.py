@@ -2,9 +2,9 @@
 
 Encoding the frozen prefix is a large share of a CPU run: the training cache and the evaluation of every test image.
 Eager PyTorch runs TinyViT's element-wise work as separate memory-bound kernels; OpenVINO fuses it and runs the
-same fp32 arithmetic in less than half the time (BENCHMARKS.md, "Encoding the frozen prefix"; in bf16 too, which
-the benchmark measures but no run chooses yet). `prefix_encoder` exports the prefix to ONNX once per weights, depth
-and precision in a process and returns a function from images to features.
+same arithmetic in less than half the time, in fp32 or bf16 (BENCHMARKS.md, "Encoding the frozen prefix").
+`prefix_encoder` exports the prefix to ONNX once per weights, depth and precision in a process and returns a function
+from images to features.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..errors import SamspError, first_line
 from ..modeling.persistence import update_digest
 from ..modeling.sam_sp import SamSP
 from .onnx_export import trace_to_onnx
-from .onnx_runtimes import open_graph
+from .onnx_runtimes import open_graph, openvino_has_bf16
 
 log = logging.getLogger("samsp")
 PREFIX_ENGINES = ("auto", "torch", "openvino")
@@ -46,7 +46,7 @@ class PrefixGraph(nn.Module):
 
 
 def choose_prefix_engine(setting: str, device: torch.device, precision: str, images: int) -> tuple[str, str]:
-    """The engine that encodes `images` images in `precision` (fp32, or a run's mixed precision: bf16, fp16;
+    """The engine that encodes `images` images for a run in `precision` (fp32, or its mixed precision: bf16, fp16;
     `setting` auto decides) and the sentence that says why."""
     if setting not in PREFIX_ENGINES:
         raise SamspError(f"runtime.prefix_engine must be one of {', '.join(PREFIX_ENGINES)}, got {setting!r}")
@@ -54,14 +54,24 @@ def choose_prefix_engine(setting: str, device: torch.device, precision: str, ima
         return setting, f"prefix engine = {setting} (set)"
     if device.type != "cpu":
         return "torch", f"{device.type}: the frozen prefix runs in PyTorch"
-    if precision != "fp32":  # OpenVINO's bf16 is measured faster, but left off: BENCHMARKS.md, prefix engine
+    if precision not in OPENVINO_PRECISIONS:
         return "torch", f"CPU, {precision}: the frozen prefix runs in PyTorch under autocast"
     if images < MIN_IMAGES:
         return "torch", f"{images} images to encode: too few to pay for compiling the prefix, so PyTorch encodes them"
     missing = [name for name in ("openvino", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:  # the export goes through ONNX (onnxscript), OpenVINO runs the graph
         return "torch", f"{' and '.join(missing)} not installed (pip install 'samsp[onnx,openvino]'): PyTorch encodes"
-    return "openvino", "CPU, fp32: the frozen prefix runs in OpenVINO (same features, about 2x the speed)"
+    if precision == "bf16" and not openvino_has_bf16():
+        return "torch", "CPU, bf16: OpenVINO has no bf16 on this CPU, so the prefix runs in PyTorch under autocast"
+    return "openvino", f"CPU, {precision}: the frozen prefix runs in OpenVINO in {precision}, about 2x PyTorch's speed"
+
+
+def graph_precision(engine: str, precision: str) -> str:
+    """The precision `engine` computes the prefix in for a run in `precision`: a bf16 run's OpenVINO graph computes
+    in bf16 where this CPU has bf16 units OpenVINO can use, every other graph in fp32 (PyTorch: the run's own)."""
+    if engine == "openvino" and precision == "bf16" and openvino_has_bf16():
+        return "bf16"
+    return "fp32" if engine == "openvino" else precision
 
 
 def prefix_encoder(model: SamSP, engine: str, precision: str = "fp32") -> PrefixEncoder:

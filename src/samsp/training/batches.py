@@ -43,11 +43,13 @@ class Batches:
         store: Path | None = None,
         augment_setting: str = "",
         engine: str = "torch",
+        precision: str = "fp32",
         flips: float = 0.0,
     ):
         self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
         self.store, self.augment_setting, self.engine = store, augment_setting, engine
+        self.precision = precision  # what a compiled prefix computes in (`graph_precision`)
         self.flips = flips  # probability of each mirror flip of a cached sample (feature_flips)
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
@@ -67,7 +69,7 @@ class Batches:
             (self.seed, self.augment_setting) if views > 1 else None,  # view 0 is never augmented
             str(dtype),
             torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"),
-            *((self.engine,) if self.engine != "torch" else ()),  # another runtime: equal features up to rounding
+            *self._engine_key(),  # another runtime or graph precision: equal features up to rounding
         )
         key = (
             tuple((p.id, str(p.image)) for p in self.data.pairs),
@@ -104,7 +106,7 @@ class Batches:
 
     def _encode(self, model: SamSP, views: int, dtype: torch.dtype) -> tuple[list, list]:
         features, items = [], []
-        encode = prefix_encoder(model, self.engine)
+        encode = prefix_encoder(model, self.engine, self.precision)
         jobs = Progress(range(len(self.data)), desc="caching the frozen encoder part", unit="img")
         for i in jobs:
             per_view, per_items = [], []
@@ -116,6 +118,13 @@ class Batches:
             features.append(per_view)
             items.append(per_items)
         return features, items
+
+    def _engine_key(self) -> tuple[str, ...]:
+        """What names a compiled prefix's features apart from PyTorch's: nothing for PyTorch, the runtime, and the
+        precision unless fp32 (so the features stored before graphs had a precision keep their names)."""
+        if self.engine == "torch":
+            return ()
+        return (self.engine,) if self.precision == "fp32" else (self.engine, self.precision)
 
     def _seed(self, epoch: int, index: int) -> int:
         return (self.seed * 1_000_003 + epoch * 10_007 + index) % (2**31)

@@ -30,7 +30,7 @@ from ..data.splits import write_split
 from ..data.transforms import build_augment
 from ..errors import Preempted, SamspError
 from ..files import remove_stale_temporaries, write_text_atomic
-from ..inference.prefix_graph import choose_prefix_engine
+from ..inference.prefix_graph import choose_prefix_engine, graph_precision
 from ..modeling.backbones import get_backbone
 from ..modeling.card import training_data
 from ..modeling.losses import samsp_loss
@@ -163,7 +163,6 @@ class Trainer:
         cacher = model if use_cache else None
         views = data.cache_views if augment is not None else 1
         dtype = getattr(torch, runtime.cache_dtype)
-        # a compiled prefix computes in fp32 (auto compiles none for a bf16 run; BENCHMARKS.md, prefix engine)
         precision = "fp32" if runtime.mixed_precision == "no" else runtime.mixed_precision
         engine, why = choose_prefix_engine(
             runtime.prefix_engine, self.device, precision, len(train_set) * views + len(val_set)
@@ -179,6 +178,7 @@ class Trainer:
             "store": Path(runtime.cache_dir).expanduser() if runtime.cache_dir else None,
             "augment_setting": repr(data.augment),
             "engine": engine,
+            "precision": graph_precision(engine, precision),
         }
         # every process holds the whole training cache (each epoch deals it out anew); validation is split
         flips = data.cached_flips if augment is not None and use_cache else 0.0
