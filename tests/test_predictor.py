@@ -1,11 +1,15 @@
 """The one prediction path: SamSP.predict, evaluation and `samsp predict` all go through Predictor."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from helpers import make_dataset
 
 from samsp import ModelConfig, Predictor, SamSP
+from samsp.cli import main
+from samsp.data.io import read_image
 from samsp.errors import SamspError
 from samsp.evaluation.evaluate import load_eval_set, predict_set
 from samsp.inference.predictor import flip_valid
@@ -70,6 +74,44 @@ def test_evaluation_encodes_the_frozen_prefix_first_by_the_faster_engine(tmp_pat
         assert np.allclose(prob, pred.probability, atol=1e-3)
     predict_set(model, data, flips=True)  # flips encode each mirrored view: the images themselves, not the prefix
     assert engines == ["openvino"]
+
+
+def test_a_predictor_can_encode_the_frozen_prefix_of_each_batch_in_a_compiled_graph(images):
+    """The maps the model gives by itself, up to the compiled graph's rounding; flips need the images, so they keep
+    PyTorch."""
+    pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
+    compiled = Predictor(model, batch_size=2, prefix_engine="openvino")
+    assert compiled.encode_prefix is not None
+    for a, b in zip(Predictor(model, batch_size=2).predict_batch(images), compiled.predict_batch(images), strict=True):
+        assert np.allclose(a.probability, b.probability, atol=1e-3)
+        assert (a.mask == b.mask).mean() > 0.99
+    assert Predictor(model, flips=True, prefix_engine="openvino").encode_prefix is None
+
+
+def test_samsp_predict_compiles_the_frozen_prefix_when_there_are_images_enough(tmp_path, monkeypatch, caplog):
+    """`samsp predict` (PyTorch engine) chooses the prefix engine as evaluation does, for the images it is given."""
+    pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
+    from samsp.inference import prefix_graph
+
+    monkeypatch.setattr(prefix_graph, "MIN_IMAGES", 3)  # 3 images are enough here
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
+    folder = model.save_pretrained(tmp_path / "model")
+    data = make_dataset(tmp_path / "d", n=3)
+    caplog.set_level(logging.INFO, logger="samsp")
+    monkeypatch.setattr(logging.getLogger("samsp"), "propagate", True)  # a training earlier in the process stops it
+    assert main(["predict", "--model", str(folder), str(data / "images"), "--out", str(tmp_path / "out")]) == 0
+    assert "CPU, fp32: the frozen prefix runs in OpenVINO" in caplog.text
+    images = sorted((data / "images").iterdir())
+    for image, direct in zip(images, Predictor(model).predict_batch([read_image(p) for p in images]), strict=True):
+        written = np.asarray(read_image(tmp_path / "out" / "masks" / f"{image.stem}.png"))[..., 0] > 0
+        assert (written == direct.mask).mean() > 0.99
+    monkeypatch.setattr(prefix_graph, "MIN_IMAGES", 4)
+    caplog.clear()
+    assert main(["predict", "--model", str(folder), str(data / "images"), "--out", str(tmp_path / "few")]) == 0
+    assert "too few to pay for compiling the prefix" in caplog.text
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from .config import Precision
 from .errors import Preempted, SamspError
 
 PRECISIONS = Precision.__args__
+log = logging.getLogger("samsp")
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -73,15 +74,23 @@ def _data_config(args: argparse.Namespace):
     return DataConfig(**_data_settings(args))
 
 
-def _predictor(args: argparse.Namespace):
+def _predictor(args: argparse.Namespace, inputs: list[str] | None = None):
+    """The PyTorch engine's predictor; given the `inputs` it will segment, `choose_prefix_engine` decides for their
+    number what computes the frozen prefix (OpenVINO on a CPU, as evaluation and training do)."""
+    from .inference.bulk import input_images
     from .inference.predictor import Predictor
+    from .inference.prefix_graph import choose_prefix_engine
     from .modeling.sam_sp import SamSP
     from .training.hardware import forced_bf16_warning
 
     model = SamSP.from_pretrained(args.model, checkpoint=args.checkpoint)
     if args.precision == "bf16" and (slow := forced_bf16_warning(model.device)):
         print(f"samsp: warning: {slow}", file=sys.stderr)
-    return Predictor(model, args.precision, args.batch_size, args.iterations, args.flips)
+    engine = "torch"
+    if inputs and not args.flips and model.prefix_stages > 0:
+        engine, why = choose_prefix_engine("auto", model.device, args.precision, len(input_images(inputs)))
+        log.info(why)
+    return Predictor(model, args.precision, args.batch_size, args.iterations, args.flips, engine)
 
 
 def _onnx_predictor(args: argparse.Namespace):
@@ -268,7 +277,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from .inference.bulk import predict_files
 
-    predictor = _predictor(args) if args.engine == "torch" else _onnx_predictor(args)
+    predictor = _predictor(args, args.inputs) if args.engine == "torch" else _onnx_predictor(args)
     rows = predict_files(predictor, args.inputs, args.out, overlays=not args.no_overlay)
     empty = sum(r["fallback"] for r in rows)
     print(

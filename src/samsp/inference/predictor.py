@@ -38,7 +38,9 @@ class Predictor:
     `precision`: "fp32" (reproducible) or "bf16" (autocast; ~3x faster on a CPU with bf16 units, masks differ at a
     few boundary pixels). `iterations`: self-prompting passes after pass 0 (default: as trained). `flips`: also
     predict the horizontally and vertically flipped image and average the probabilities (test-time augmentation;
-    each view prompts itself).
+    each view prompts itself). `prefix_engine`: openvino computes the encoder's frozen prefix of each batch in a
+    compiled graph (`inference.prefix_graph`, compiled here, once per process), torch in the model itself; flips
+    keep torch.
     """
 
     def __init__(
@@ -48,12 +50,18 @@ class Predictor:
         batch_size: int = 4,
         iterations: int | None = None,
         flips: bool = False,
+        prefix_engine: str = "torch",
     ):
         check_precision(precision)
         if batch_size < 1:
             raise SamspError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.precision, self.batch_size = model, precision, batch_size
         self.iterations, self.flips = iterations, flips
+        self.encode_prefix = None
+        if prefix_engine != "torch" and not flips and model.prefix_stages > 0:
+            from .prefix_graph import graph_precision, prefix_encoder  # it imports the exporter, which imports us
+
+            self.encode_prefix = prefix_encoder(model, prefix_engine, graph_precision(prefix_engine, precision))
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one HxWx3 uint8 RGB image (grayscale and RGBA are accepted)."""
@@ -64,7 +72,12 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             prepared = [preprocess(as_rgb(im), self.model.backbone) for im in images[start : start + self.batch_size]]
-            results += self.predict_inputs([x for x, _ in prepared], [f for _, f in prepared])
+            inputs, frames = [x for x, _ in prepared], [f for _, f in prepared]
+            if self.encode_prefix is None:
+                results += self.predict_inputs(inputs, frames)
+            else:
+                features = self.encode_prefix(torch.stack(inputs).to(self.model.device))
+                results += self.predict_inputs(inputs, frames, list(features), self.model.prefix_stages)
         return results
 
     @torch.no_grad()
