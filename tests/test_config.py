@@ -39,6 +39,11 @@ def test_overrides_are_parsed_by_the_field_type_not_as_yaml():
     assert config.data.augment == {"hflip": 0.5}
 
 
+def test_a_list_override_reads_yaml_flow_style_too():
+    config = apply_overrides(TrainConfig(), ["model.lora_targets=[attn.qkv, 'mlp.lin1']"])
+    assert config.model.lora_targets == ("attn.qkv", "mlp.lin1")
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -205,6 +205,17 @@ def test_lora_with_the_neck_trains_both_and_keeps_the_adapted_stage_in_eval_mode
     assert all(".neck." in n or "lora_" in n for n in changed)
 
 
+def test_every_lora_target_must_match_a_layer_of_the_adapted_stages():
+    both = tiny(lora_targets=("attn.qkv", "mlp.lin1"))
+    adapted = {n.rsplit(".lora_A", 1)[0].rsplit(".", 1)[-1] for n, _ in both.named_parameters() if "lora_A" in n}
+    assert adapted == {"qkv", "lin1"}
+    # TinyViT names its MLP layers fc1/fc2, SAM's ViT lin1/lin2: peft alone would adapt qkv and say nothing
+    with pytest.raises(SamspError, match=r"LoRA target 'mlp.fc1' \(model.lora_targets\) matches no layer"):
+        tiny(lora_targets=("attn.qkv", "mlp.fc1"))
+    with pytest.raises(SamspError, match="needs at least one layer name in model.lora_targets"):
+        tiny(lora_targets=())
+
+
 def test_train_neck_outside_strategy_lora_is_one_error():
     with pytest.raises(SamspError, match="model.train_neck applies to strategy lora"):
         ModelConfig(strategy="full", adapt_stages=0, train_neck=True)

@@ -24,6 +24,7 @@ Strategy = Literal["lora", "frozen", "full"]
 Fallback = Literal["no_prompt", "full_box"]
 Precision = Literal["fp32", "bf16"]
 Auto = Literal["auto"]
+PrefixEngine = Literal["auto", "torch", "openvino"]  # what computes the encoder's frozen prefix on a CPU
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,9 @@ class RuntimeConfig:
     cache: bool | Auto = "auto"  # cache the frozen encoder prefix; auto = whenever there is a frozen prefix
     cache_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cache_dir: str | None = None  # also keep the cached prefix features here, for later runs on the same images
-    # what computes the cached prefix: auto = OpenVINO for a CPU run in fp32 with enough images, else PyTorch
-    prefix_engine: Literal["auto", "torch", "openvino"] = "auto"
+    # what computes the cached prefix: auto = OpenVINO for a CPU run with enough images, in fp32 (or in bf16 where
+    # OpenVINO has bf16 units for a bf16 run), else PyTorch
+    prefix_engine: PrefixEngine = "auto"
     threads: int = 4  # image-decoding threads
     workers: int | Auto = "auto"  # data-loader workers for on-the-fly augmentation; auto = 0 on the CPU, 8 on a GPU
     checkpoint_every_min: float = 10.0  # inside an epoch, save the resumable state this often (0: epoch ends only)
@@ -241,8 +243,12 @@ def _as(value: Any, option: Any) -> tuple[bool, Any]:
             return False, None
     if option is str:
         return (text is not None, value)
-    if origin is tuple:
-        items = [v.strip() for v in value.split(",") if v.strip()] if text is not None else value
+    if origin is tuple:  # a,b or YAML's flow style [a, b] (quotes allowed)
+        if text is not None:
+            text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+            items = [v.strip().strip("'\"") for v in text.split(",") if v.strip().strip("'\"")]
+        else:
+            items = value
         ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
         return ok, tuple(items) if ok else None
     if origin is dict:

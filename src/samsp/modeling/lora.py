@@ -39,6 +39,14 @@ def apply_lora(
         raise SamspError("strategy 'lora' needs at least one adapted encoder stage (adapt_stages >= 1)")
     from peft import LoraConfig, get_peft_model  # imported here: merged models load without peft
 
+    if not targets:
+        raise SamspError("strategy 'lora' needs at least one layer name in model.lora_targets")
+    names = [name for name, _ in encoder.named_modules()]
+    for target in targets:  # peft ignores a target that matches nothing while another one matches
+        if not any(re.fullmatch(lora_pattern(stages, [target]), name) for name in names):
+            raise SamspError(
+                f"LoRA target {target!r} (model.lora_targets) matches no layer in encoder stages {list(stages)}"
+            )
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
