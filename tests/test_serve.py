@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import logging
 import struct
 import threading
 import time
@@ -16,19 +17,21 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
+import torch
 from fastapi.testclient import TestClient
 from helpers import ellipse_pair
 from hypothesis import HealthCheck, settings
 from PIL import Image
-from servers import serving
+from servers import serve_process, serving
 
-from samsp import Predictor, SamSP
+from samsp import ModelConfig, Predictor, SamSP
 from samsp.cli import main
 from samsp.data import decode_image, read_image
 from samsp.inference.outputs import overlay
 from samsp.modeling.card import read_card
 from samsp.modeling.persistence import read_model_meta
 from samsp.serve.app import create_app
+from samsp.serve.server import load_model
 from samsp.serve.worker import Limits
 
 LIMITS = Limits(max_bytes=300_000, max_pixels=1_000_000)
@@ -242,6 +245,46 @@ def test_serve_without_a_model_is_one_line(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model folder not found" in err
+
+
+# ---------------------------------------------------------------- the frozen prefix compiled at start-up
+def test_a_served_model_with_a_frozen_prefix_compiles_it_once_at_start_up(tmp_path):
+    """A server is sent images for as long as it runs, so auto compiles the frozen prefix (OpenVINO on a CPU) when
+    it starts; /api/info says so and the answers are the model's up to the graph's rounding."""
+    pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
+    folder = model.save_pretrained(tmp_path / "model")
+    with serve_process("--model", str(folder)) as (url, _):
+        assert httpx.get(f"{url}/api/info", timeout=30).json()["engine"]["prefix_engine"] == "openvino"
+        for i in range(2):
+            data = synthetic(i)
+            answer = httpx.post(f"{url}/api/predict", files={"file": ("x.png", data, "image/png")}, timeout=60).json()
+            expected = Predictor(model).predict(decode_image(io.BytesIO(data), "x"))
+            assert (mask_of(answer["mask_png"]) == expected.mask).mean() > 0.99
+            assert answer["score"] == pytest.approx(expected.score, abs=1e-2)
+
+
+def test_the_prefix_engine_a_server_loads_with(tmp_path, tiny_model_dir, caplog):
+    pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
+    torch.manual_seed(0)
+    folder = SamSP(ModelConfig(backbone="tiny", adapt_stages=1)).save_pretrained(tmp_path / "model")
+    caplog.set_level(logging.INFO, logger="samsp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logging.getLogger("samsp"), "propagate", True)  # a training earlier in the process stops it
+        assert load_model(str(folder))[0].prefix_engine == "openvino"
+        assert "CPU, fp32: the frozen prefix runs in OpenVINO" in caplog.text
+        assert load_model(str(folder), prefix_engine="torch")[0].prefix_engine == "torch"
+        assert load_model(str(folder), flips=True)[0].prefix_engine == "torch"  # mirrored images: the whole encoder
+        assert "test-time flips: PyTorch computes the whole encoder" in caplog.text
+    assert load_model(str(tiny_model_dir))[0].prefix_engine == "torch"  # every stage adapted: no frozen prefix
+
+
+def test_a_prefix_engine_for_an_exported_graph_is_one_line(tmp_path, capsys):
+    args = ["serve", "--model", str(tmp_path), "--engine", "onnx", "--prefix-engine", "openvino"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--prefix-engine applies to the PyTorch engine" in err
 
 
 # ---------------------------------------------------------------- one model, requests queue

@@ -9,10 +9,11 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import Precision
+from .config import Precision, PrefixEngine
 from .errors import Preempted, SamspError
 
 PRECISIONS = Precision.__args__
+PREFIX_ENGINES = PrefixEngine.__args__
 log = logging.getLogger("samsp")
 
 
@@ -79,7 +80,7 @@ def _predictor(args: argparse.Namespace, inputs: list[str] | None = None):
     number what computes the frozen prefix (OpenVINO on a CPU, as evaluation and training do)."""
     from .inference.bulk import input_images
     from .inference.predictor import Predictor
-    from .inference.prefix_graph import choose_prefix_engine
+    from .inference.prefix_graph import predictor_prefix_engine
     from .modeling.sam_sp import SamSP
     from .training.hardware import forced_bf16_warning
 
@@ -87,9 +88,8 @@ def _predictor(args: argparse.Namespace, inputs: list[str] | None = None):
     if args.precision == "bf16" and (slow := forced_bf16_warning(model.device)):
         print(f"samsp: warning: {slow}", file=sys.stderr)
     engine = "torch"
-    if inputs and not args.flips and model.prefix_stages > 0:
-        engine, why = choose_prefix_engine("auto", model.device, args.precision, len(input_images(inputs)))
-        log.info(why)
+    if inputs:
+        engine = predictor_prefix_engine(model, "auto", args.precision, args.flips, len(input_images(inputs)))
     return Predictor(model, args.precision, args.batch_size, args.iterations, args.flips, engine)
 
 
@@ -175,6 +175,14 @@ def _serve_parsers(sub) -> None:
     s.add_argument("--max-upload-mb", type=float, default=20, help="largest request body (default: 20 MiB)")
     s.add_argument("--max-megapixels", type=float, default=40, help="largest image (default: 40 megapixels)")
     _engine_option(s)
+    s.add_argument(
+        "--prefix-engine",
+        default="auto",
+        choices=PREFIX_ENGINES,
+        help="PyTorch engine: what computes the encoder's frozen prefix of each upload; auto (default): OpenVINO on "
+        "a CPU when installed (compiled at start-up, about 15 s; answers about 1.7x faster, BENCHMARKS.md), else "
+        "PyTorch; torch starts at once",
+    )
     _inference_options(s, batches=False)
 
     h = sub.add_parser("push", help="upload a model and its card to the Hugging Face Hub")
@@ -335,6 +343,7 @@ def _serve(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         limits=limits,
         engine=args.engine,
+        prefix_engine=args.prefix_engine,
     )
 
 

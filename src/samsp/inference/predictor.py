@@ -58,10 +58,12 @@ class Predictor:
         self.model, self.precision, self.batch_size = model, precision, batch_size
         self.iterations, self.flips = iterations, flips
         self.encode_prefix = None
+        self.prefix_engine = "torch"  # what computes the frozen prefix: torch (in the model) unless compiled here
         if prefix_engine != "torch" and not flips and model.prefix_stages > 0:
             from .prefix_graph import graph_precision, prefix_encoder  # it imports the exporter, which imports us
 
             self.encode_prefix = prefix_encoder(model, prefix_engine, graph_precision(prefix_engine, precision))
+            self.prefix_engine = prefix_engine
 
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one HxWx3 uint8 RGB image (grayscale and RGBA are accepted)."""

@@ -13,12 +13,14 @@ import hashlib
 import importlib.util
 import logging
 import tempfile
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..config import PrefixEngine
 from ..errors import SamspError, first_line
 from ..modeling.persistence import update_digest
 from ..modeling.sam_sp import SamSP
@@ -26,7 +28,7 @@ from .onnx_export import trace_to_onnx
 from .onnx_runtimes import open_graph, openvino_has_bf16
 
 log = logging.getLogger("samsp")
-PREFIX_ENGINES = ("auto", "torch", "openvino")
+PREFIX_ENGINES = typing.get_args(PrefixEngine)
 OPENVINO_PRECISIONS = ("fp32", "bf16")
 # below this many images the export (about 25 s for LiteMedSAM on 2 cores) costs more than it saves
 MIN_IMAGES = 40
@@ -45,9 +47,9 @@ class PrefixGraph(nn.Module):
         return self.model.run_encoder(images, 0, self.stop)
 
 
-def choose_prefix_engine(setting: str, device: torch.device, precision: str, images: int) -> tuple[str, str]:
-    """The engine that encodes `images` images for a run in `precision` (fp32, or its mixed precision: bf16, fp16;
-    `setting` auto decides) and the sentence that says why."""
+def choose_prefix_engine(setting: str, device: torch.device, precision: str, images: int | None) -> tuple[str, str]:
+    """The engine that encodes `images` images (None: no bound, a server) for a run in `precision` (fp32, or its
+    mixed precision: bf16, fp16; `setting` auto decides) and the sentence that says why."""
     if setting not in PREFIX_ENGINES:
         raise SamspError(f"runtime.prefix_engine must be one of {', '.join(PREFIX_ENGINES)}, got {setting!r}")
     if setting != "auto":
@@ -56,7 +58,7 @@ def choose_prefix_engine(setting: str, device: torch.device, precision: str, ima
         return "torch", f"{device.type}: the frozen prefix runs in PyTorch"
     if precision not in OPENVINO_PRECISIONS:
         return "torch", f"CPU, {precision}: the frozen prefix runs in PyTorch under autocast"
-    if images < MIN_IMAGES:
+    if images is not None and images < MIN_IMAGES:
         return "torch", f"{images} images to encode: too few to pay for compiling the prefix, so PyTorch encodes them"
     missing = [name for name in ("openvino", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:  # the export goes through ONNX (onnxscript), OpenVINO runs the graph
@@ -64,6 +66,20 @@ def choose_prefix_engine(setting: str, device: torch.device, precision: str, ima
     if precision == "bf16" and not openvino_has_bf16():
         return "torch", "CPU, bf16: OpenVINO has no bf16 on this CPU, so the prefix runs in PyTorch under autocast"
     return "openvino", f"CPU, {precision}: the frozen prefix runs in OpenVINO in {precision}, about 2x PyTorch's speed"
+
+
+def predictor_prefix_engine(model: SamSP, setting: str, precision: str, flips: bool, images: int | None) -> str:
+    """What computes the frozen prefix for a `Predictor` of `model` that will segment `images` images (None: no
+    bound), logged with the reason: `choose_prefix_engine`'s choice, or torch for a model with no frozen prefix and
+    for flips (the mirrored images run the whole encoder)."""
+    if model.prefix_stages == 0:
+        return "torch"
+    if flips:
+        log.info("test-time flips: PyTorch computes the whole encoder of each mirrored image")
+        return "torch"
+    engine, why = choose_prefix_engine(setting, model.device, precision, images)
+    log.info(why)
+    return engine
 
 
 def graph_precision(engine: str, precision: str) -> str:
