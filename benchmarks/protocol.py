@@ -63,6 +63,11 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice + ground-truth box pass": [*PASS0_DICE, "loss.gt_box=1.0"],
     # pass 0 picks the wrong structure (diagnosis): more of the encoder adapts; the prefix cache then stops earlier
     "SAM-SP + pass-0 Dice + 2 adapted stages": [*PASS0_DICE, "model.adapt_stages=2"],
+    # more capacity in the one adapted stage: LoRA on TinyViT's MLP (fc1, fc2) too, 40960 LoRA weights against 15360
+    "SAM-SP + pass-0 Dice + LoRA on the MLP too": [
+        *PASS0_DICE,
+        "model.lora_targets=attn.qkv,attn.proj,mlp.fc1,mlp.fc2",
+    ],
     "SAM-SP + pass-0 Dice, every stage adapted (GPU)": [*PASS0_DICE, "model.adapt_stages=null"],
     "SAMed-style one pass, every stage adapted (GPU)": ["model.self_prompt=false", "model.adapt_stages=null"],
     # the encoder body frozen and cached whole, its neck trains with the decoder: what a CPU trains under a time budget
