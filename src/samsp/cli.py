@@ -76,8 +76,8 @@ def _data_config(args: argparse.Namespace):
 
 
 def _predictor(args: argparse.Namespace, inputs: list[str] | None = None):
-    """The PyTorch engine's predictor; given the `inputs` it will segment, `choose_prefix_engine` decides for their
-    number what computes the frozen prefix (OpenVINO on a CPU, as evaluation and training do)."""
+    """The PyTorch engine's predictor; given the `inputs` it will segment, `predictor_prefix_engine` decides for
+    their number what computes the frozen prefix (OpenVINO on a CPU, as evaluation and training do)."""
     from .inference.bulk import input_images
     from .inference.predictor import Predictor
     from .inference.prefix_graph import predictor_prefix_engine

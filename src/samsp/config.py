@@ -246,7 +246,7 @@ def _as(value: Any, option: Any) -> tuple[bool, Any]:
     if origin is tuple:  # a,b or YAML's flow style [a, b] (quotes allowed)
         if text is not None:
             text = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-            items = [v.strip().strip("'\"") for v in text.split(",") if v.strip().strip("'\"")]
+            items = [v for v in (part.strip().strip("'\"") for part in text.split(",")) if v]
         else:
             items = value
         ok = isinstance(items, list | tuple) and all(isinstance(v, str) for v in items)
