@@ -82,6 +82,20 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice, neck only + ground-truth box pass, weight 0.25": [*NECK_ONLY, "loss.gt_box=0.25"],
     # a cached run trains with no augmentation: its cached features mirrored with the mask (data.cached_flips)
     "SAM-SP + pass-0 Dice, neck only + cached flips 0.5": [*NECK_ONLY, "data.cached_flips=0.5"],
+    # the ground-truth box pass kept box-following but broke pass 0, both passes sharing one decoder (diagnosis):
+    # the box-prompted passes get their own decoder (model.box_decoder), alone and with the ground-truth box pass
+    "SAM-SP + pass-0 Dice, neck only + box decoder": [*NECK_ONLY, "model.box_decoder=true"],
+    "SAM-SP + pass-0 Dice, neck only + box decoder + ground-truth box pass": [
+        *NECK_ONLY,
+        "model.box_decoder=true",
+        "loss.gt_box=1.0",
+    ],
+    "SAM-SP + pass-0 Dice + box decoder": [*PASS0_DICE, "model.box_decoder=true"],
+    "SAM-SP + pass-0 Dice + box decoder + ground-truth box pass": [
+        *PASS0_DICE,
+        "model.box_decoder=true",
+        "loss.gt_box=1.0",
+    ],
 }
 ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, ClinicDB), quoted from anchors.md
     ("PraNet", 0.898, 0.899),
@@ -478,7 +492,11 @@ def report(out: Path, args: argparse.Namespace) -> None:
             if cells[2]:  # scored with the setting at least on validation
                 table.append([*cells, ""])
     table += [[f"{n} (published, not run)", "", "", k, "", c, "", ""] for n, k, c in ANCHORS]
-    training = f"A {args.minutes:g}-minute budget per row" if args.minutes else f"{args.epochs} epochs"
+    training = (
+        f"A {args.minutes:g}-minute budget per row"
+        if args.minutes
+        else f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
+    )
     if args.extra:
         training += f" ({', '.join(args.extra)} for every row)"
     n_train = len((out / "train_ids.txt").read_text().split())

@@ -216,6 +216,31 @@ def test_every_lora_target_must_match_a_layer_of_the_adapted_stages():
         tiny(lora_targets=())
 
 
+def test_a_box_decoder_runs_the_prompted_passes_and_learns_apart_from_pass_0():
+    shared, own = tiny().eval(), tiny(box_decoder=True).eval()
+    assert shared.box_decoder is None and own.box_decoder is not None
+    x = image_batch()
+    with torch.no_grad():  # the same pretrained start: the same passes before any training
+        for a, b in zip(shared(images=x).logits, own(images=x).logits, strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
+    trainable = {n for n, p in own.named_parameters() if p.requires_grad}
+    assert any(n.startswith("box_decoder.") for n in trainable)
+    assert not any("iou_prediction_head" in n for n in trainable)
+    own.train()
+    for k, (learns, stays) in enumerate([("mask_decoder.", "box_decoder."), ("box_decoder.", "mask_decoder.")]):
+        own.zero_grad()
+        own(images=x).logits[k].float().mean().backward()  # pass 0 alone, then the box-prompted pass alone
+        moved = {n for n, p in own.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert any(n.startswith(learns) for n in moved) and not any(n.startswith(stays) for n in moved)
+    with torch.no_grad():
+        own.box_decoder.output_hypernetworks_mlps[0].layers[-1].bias.add_(1.0)
+        own.eval()
+        a, b = shared(images=x), own(images=x)
+    assert torch.equal(a.logits[0], b.logits[0]) and not torch.allclose(a.logits[1], b.logits[1])
+    with pytest.raises(SamspError, match="model.box_decoder needs a self-prompting pass"):
+        ModelConfig(backbone="tiny", box_decoder=True, self_prompt=False)
+
+
 def test_train_neck_outside_strategy_lora_is_one_error():
     with pytest.raises(SamspError, match="model.train_neck applies to strategy lora"):
         ModelConfig(strategy="full", adapt_stages=0, train_neck=True)
@@ -242,14 +267,22 @@ def test_merged_model_predicts_the_same_masks_without_peft():
 
 @pytest.mark.parametrize(
     ("settings", "training"),
-    [({}, "lora"), ({"strategy": "full", "adapt_stages": 0}, "full"), ({"train_neck": True}, "lora + neck")],
-    ids=["lora", "neck", "lora+neck"],
+    [
+        ({}, "lora"),
+        ({"strategy": "full", "adapt_stages": 0}, "full"),
+        ({"train_neck": True}, "lora + neck"),
+        ({"box_decoder": True}, "lora"),
+    ],
+    ids=["lora", "neck", "lora+neck", "box-decoder"],
 )
 def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, training):
     model = _train_a_little(tiny(**settings))
-    assert any(".neck." in name for name in model.trainable_state_dict()) == bool(settings)
+    assert any(".neck." in name for name in model.trainable_state_dict()) == (training != "lora")
+    assert any(name.startswith("box_decoder.") for name in model.trainable_state_dict()) == ("box_decoder" in settings)
     model.save_pretrained(tmp_path / "m")
-    assert f"| encoder training | {training} |" in (tmp_path / "m" / "README.md").read_text()
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert f"| encoder training | {training} |" in card
+    assert ("after the no-prompt pass, in their own mask decoder |" in card) == ("box_decoder" in settings)
     loaded = SamSP.from_pretrained(tmp_path / "m")
     x = image_batch(1)
     assert torch.allclose(model(images=x).logits[-1], loaded(images=x).logits[-1], atol=1e-6)

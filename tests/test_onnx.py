@@ -122,6 +122,19 @@ def test_an_empty_first_pass_takes_the_same_fallback_in_both_engines(fallback, i
         assert all(np.array_equal(p.pass_masks[0], p.pass_masks[2]) for p in onnx_preds)
 
 
+def test_a_model_with_a_box_decoder_exports_both_decoders(images, tmp_path):
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", box_decoder=True, threshold=0.1)).eval()
+    with torch.no_grad():  # the box decoder now differs from the no-prompt one
+        model.box_decoder.output_hypernetworks_mlps[0].layers[-1].bias.add_(1.0)
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "onnx")
+    torch_preds = Predictor(model).predict_batch(images[:3])
+    onnx_preds = OnnxPredictor(tmp_path / "onnx").predict_batch(images[:3])
+    assert not any(p.fallback for p in torch_preds)  # the box-prompted pass ran
+    assert_same_predictions(torch_preds, onnx_preds)
+
+
 def test_openvino_runs_the_same_graph_and_predicts_what_pytorch_predicts(run, exported, images):
     torch_preds = Predictor(SamSP.from_pretrained(run), batch_size=4).predict_batch(images)
     ov_preds = OnnxPredictor(exported, batch_size=4, runtime="openvino").predict_batch(images)

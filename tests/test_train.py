@@ -373,12 +373,13 @@ def test_a_run_saved_before_newer_model_settings_existed_still_resumes(dataset, 
     assert len((resumed / "metrics.csv").read_text().splitlines()) == 3
 
 
-def test_the_pretrained_heads_learn_at_their_own_scaled_rate():
+@pytest.mark.parametrize("box_decoder", [False, True])
+def test_the_pretrained_heads_learn_at_their_own_scaled_rate(box_decoder):
     from samsp.config import ModelConfig, OptimConfig
     from samsp.training.schedule import make_optimizer
 
     torch.manual_seed(0)
-    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
+    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1, box_decoder=box_decoder))
     optimizer, _ = make_optimizer(model, OptimConfig(lr=1e-3, decoder_lr_scale=0.0, warmup=0.0), 10)
     assert sorted(group["lr"] for group in optimizer.param_groups) == [0.0, 1e-3]
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}

@@ -47,6 +47,9 @@ class ModelConfig:
     threshold: float = 0.5
     box_opening: int = 0  # opening radius (input pixels) on a pass's mask before its box: drops thin stray blobs
     box_jitter: float = 0.0  # training only: move box edges by up to this fraction of the box size
+    # the passes prompted by a box run their own copy of the mask decoder (same pretrained start), so learning to
+    # segment with no prompt (pass 0) and following a box (the self-prompted passes) do not share one set of weights
+    box_decoder: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -60,6 +63,10 @@ class ModelConfig:
             raise SamspError(f"model.train_neck applies to strategy lora (under {self.strategy} the strategy decides)")
         if self.box_opening < 0 or not 0 <= self.box_jitter < 1:
             raise SamspError("model.box_opening must be >= 0 and model.box_jitter in [0, 1)")
+        if self.box_decoder and not (self.self_prompt and self.iterations > 0):
+            raise SamspError(
+                "model.box_decoder needs a self-prompting pass to run (model.self_prompt, iterations >= 1)"
+            )
 
     @property
     def inference_iterations(self) -> int:

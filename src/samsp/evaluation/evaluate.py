@@ -14,7 +14,7 @@ from ..data.io import read_pair
 from ..data.pairs import Pair, find_pairs
 from ..data.prepared import decode_all
 from ..errors import SamspError
-from ..inference.predictor import Predictor
+from ..inference.predictor import Predictor, prefix_apart
 from ..inference.prefix_graph import choose_prefix_engine, prefix_encoder
 from ..inference.preprocess import Frame, mask_in_frame, preprocess
 from ..modeling.prompts import boxes_from_masks, full_boxes
@@ -95,7 +95,7 @@ def predict_set(
     """
     if prompt not in PROMPTS:
         raise SamspError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
-    if features is None and start_stage == 0 and precision == "fp32" and not flips and model.prefix_stages > 0:
+    if features is None and start_stage == 0 and precision == "fp32" and prefix_apart(model, flips):
         features, start_stage = prefix_features(model, data, batch_size), model.prefix_stages
     boxes = None
     if prompt != "none":

@@ -32,6 +32,13 @@ def check_precision(precision: str) -> None:
         raise SamspError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
+def prefix_apart(model: SamSP, flips: bool) -> bool:
+    """Whether a prediction can take the frozen encoder prefix from outside the model (a compiled graph, features
+    computed once for several models): the model has one, and no test-time flips run (each mirrored image runs
+    the whole encoder)."""
+    return model.prefix_stages > 0 and not flips
+
+
 class Predictor:
     """Batched prompt-free prediction with a model and its options.
 
@@ -59,7 +66,7 @@ class Predictor:
         self.iterations, self.flips = iterations, flips
         self.encode_prefix = None
         self.prefix_engine = "torch"  # what computes the frozen prefix: torch (in the model) unless compiled here
-        if prefix_engine != "torch" and not flips and model.prefix_stages > 0:
+        if prefix_engine != "torch" and prefix_apart(model, flips):
             from .prefix_graph import graph_precision, prefix_encoder  # it imports the exporter, which imports us
 
             self.encode_prefix = prefix_encoder(model, prefix_engine, graph_precision(prefix_engine, precision))

@@ -26,6 +26,7 @@ from ..modeling.persistence import update_digest
 from ..modeling.sam_sp import SamSP
 from .onnx_export import trace_to_onnx
 from .onnx_runtimes import open_graph, openvino_has_bf16
+from .predictor import prefix_apart
 
 log = logging.getLogger("samsp")
 PREFIX_ENGINES = typing.get_args(PrefixEngine)
@@ -72,10 +73,9 @@ def predictor_prefix_engine(model: SamSP, setting: str, precision: str, flips: b
     """What computes the frozen prefix for a `Predictor` of `model` that will segment `images` images (None: no
     bound), logged with the reason: `choose_prefix_engine`'s choice, or torch for a model with no frozen prefix and
     for flips (the mirrored images run the whole encoder)."""
-    if model.prefix_stages == 0:
-        return "torch"
-    if flips:
-        log.info("test-time flips: PyTorch computes the whole encoder of each mirrored image")
+    if not prefix_apart(model, flips):
+        if flips and model.prefix_stages > 0:
+            log.info("test-time flips: PyTorch computes the whole encoder of each mirrored image")
         return "torch"
     engine, why = choose_prefix_engine(setting, model.device, precision, images)
     log.info(why)

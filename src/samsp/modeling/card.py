@@ -132,10 +132,13 @@ def card_rows(card: ModelCard) -> list[tuple[str, str]]:
         "full": "every weight (merged export)",
         "onnx": "an ONNX graph of the whole pipeline, LoRA merged (samsp export --format onnx)",
     }.get(card.format, "trained tensors; the rest from the base model")
+    passes = f"{card.iterations} after the no-prompt pass"
+    if card.settings.get("box_decoder"):
+        passes += ", in their own mask decoder"
     return [
         ("backbone", f"{card.backbone}{size}"),
         ("encoder training", card.strategy),
-        ("self-prompting passes", f"{card.iterations} after the no-prompt pass"),
+        ("self-prompting passes", passes),
         ("trained on", _trained_on(card)),
         ("validation Dice", dice),
         ("weights", form),

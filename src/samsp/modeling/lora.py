@@ -77,14 +77,16 @@ def is_peft(module: nn.Module) -> bool:
 
 def set_trainable(model: nn.Module, strategy: str, full_stages: Sequence[str]) -> None:
     """Freeze or unfreeze parameters for a training strategy: in the encoder, LoRA's adapters (strategy `lora`) and
-    every weight of `full_stages`, the stages that train in full. Prompt encoder and mask decoder train, except the
-    IoU head."""
+    every weight of `full_stages`, the stages that train in full. Prompt encoder and mask decoder(s) train, except
+    the IoU heads."""
     if strategy not in STRATEGIES:
         raise SamspError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     for name, param in model.image_encoder.named_parameters():
         lora = strategy == "lora" and "lora_" in name
         param.requires_grad = lora or any(f"{s}." in name for s in full_stages)
-    for module in (model.prompt_encoder, model.mask_decoder):
-        module.requires_grad_(True)
-    # the SAM-SP loss never reaches the IoU head: its scores stay SAM's, and no process waits for its gradient
-    model.mask_decoder.iou_prediction_head.requires_grad_(False)
+    model.prompt_encoder.requires_grad_(True)
+    for decoder in (model.mask_decoder, model.box_decoder):
+        if decoder is not None:
+            decoder.requires_grad_(True)
+            # the SAM-SP loss never reaches the IoU head: its scores stay SAM's, and no process waits for its gradient
+            decoder.iou_prediction_head.requires_grad_(False)

@@ -40,7 +40,8 @@ class PretrainedMixin:
         return {n: p.detach().cpu().contiguous() for n, p in self.named_parameters() if p.requires_grad}
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every weight, in segment_anything's Sam layout (image_encoder.*, prompt_encoder.*, mask_decoder.*)."""
+        """Every weight, in segment_anything's Sam layout (image_encoder.*, prompt_encoder.*, mask_decoder.*; with
+        model.box_decoder also box_decoder.*, a second mask decoder)."""
         if self.config.strategy == "lora":
             raise SamspError("merge the LoRA weights first (SamSP.merged()) to get a plain SAM state dict")
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

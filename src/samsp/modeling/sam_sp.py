@@ -62,6 +62,8 @@ class SamSP(PretrainedMixin, nn.Module):
         self.image_encoder = encoder
         self.prompt_encoder = sam.prompt_encoder
         self.mask_decoder = sam.mask_decoder
+        # model.box_decoder: the box-prompted passes' own decoder, from the same pretrained weights
+        self.box_decoder = copy.deepcopy(sam.mask_decoder) if config.box_decoder else None
         set_trainable(self, config.strategy, self.fully_trained_stages)
         # nn.Module starts in training mode; the frozen encoder must not (TinyViT's BatchNorm would normalise
         # with each batch's statistics, so cached training features would differ from those seen at inference)
@@ -112,9 +114,12 @@ class SamSP(PretrainedMixin, nn.Module):
         """One decoder pass for a batch: logits (B, S, S) in the input frame and predicted IoU (B,).
 
         `boxes` (B, 1, 4) gives each image one box, None decodes with no prompt; all images share one decoder call.
+        A box runs through `box_decoder` when the model has one (`model.box_decoder`), no prompt through
+        `mask_decoder`.
         """
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
-        low, iou = decode_batch(self.mask_decoder, embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        decoder = self.mask_decoder if boxes is None or self.box_decoder is None else self.box_decoder
+        low, iou = decode_batch(decoder, embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
         size = self.backbone.img_size
         if low.shape[-1] != size:
             low = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)

@@ -10,7 +10,7 @@ import torch
 from ..config import OptimConfig
 
 log = logging.getLogger("samsp")
-DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")  # SamSP's pretrained heads, as named_parameters names them
+DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.", "box_decoder.")  # SamSP's heads, as named_parameters names them
 
 
 class WarmupCosine:
