@@ -68,6 +68,12 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
         *PASS0_DICE,
         "model.lora_targets=attn.qkv,attn.proj,mlp.fc1,mlp.fc2",
     ],
+    # pass 0 delineates worse than the pretrained decoder given a box (diagnosis): HQ-SAM's early-feature fusion, a
+    # frozen stage's output added to the decoder's mask features (model.fusion_stage). layers.2 is the last-stage
+    # recipe's cached prefix output (no new cache, no extra encoder work); layers.1 is Light HQ-SAM's TinyViT choice
+    # (the prefix then stops a stage earlier, as with 2 adapted stages)
+    "SAM-SP + pass-0 Dice + layers.2 fused into the decoder": [*PASS0_DICE, "model.fusion_stage=layers.2"],
+    "SAM-SP + pass-0 Dice + layers.1 fused into the decoder": [*PASS0_DICE, "model.fusion_stage=layers.1"],
     "SAM-SP + pass-0 Dice, every stage adapted (GPU)": [*PASS0_DICE, "model.adapt_stages=null"],
     "SAMed-style one pass, every stage adapted (GPU)": ["model.self_prompt=false", "model.adapt_stages=null"],
     # the encoder body frozen and cached whole, its neck trains with the decoder: what a CPU trains under a time budget
@@ -172,12 +178,12 @@ def diagnose(
     for start in range(0, len(data.ids), batch_size):
         stop = min(start + batch_size, len(data.ids))
         images = torch.stack(data.inputs[start:stop]).to(model.device)
-        emb = model.run_encoder(images)
+        emb, fused = model.embed(images)
         valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]], device=model.device)
-        out = model.decoder_passes(emb, valid)
+        out = model.decoder_passes(emb, valid, fused=fused)
         gt_box = data.gt_boxes[start:stop]
         gt_prompt = gt_box[:, None, :].to(model.device)
-        oracle, _ = model.decode(emb, gt_prompt)
+        oracle, _ = model.decode(emb, gt_prompt, fused)
         pretrained_emb = pretrained.run_encoder(images)
         if out.boxes:
             pass0_box, empty = out.boxes[0], torch.isnan(out.boxes[0]).any(1)

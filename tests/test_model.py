@@ -241,6 +241,41 @@ def test_a_box_decoder_runs_the_prompted_passes_and_learns_apart_from_pass_0():
         ModelConfig(backbone="tiny", box_decoder=True, self_prompt=False)
 
 
+def test_early_fusion_starts_as_the_plain_model_learns_and_ends_the_cached_prefix_at_its_stage():
+    plain, fused = tiny(adapt_stages=1).eval(), tiny(adapt_stages=1, fusion_stage="patch_embed").eval()
+    assert plain.prefix_stages == 2 and fused.prefix_stages == 1  # the prefix's output is the fused stage's
+    x = image_batch()
+    with torch.no_grad():  # the head's last convolution starts at zero: the same passes before any training
+        for a, b in zip(plain(images=x).logits, fused(images=x).logits, strict=True):
+            assert torch.equal(a, b)
+    early = fused.embed(x)[1]
+    assert early.shape == (2, fused.mask_decoder.transformer_dim // 8, 32, 32)  # the decoder's upscaled grid
+    fused.train()
+    fused(images=x).logits[0].float().mean().backward()
+    moved = {n for n, p in fused.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("early_fusion.") for n in moved)
+    fused = _train_a_little(fused)
+    assert any(n.startswith("early_fusion.") for n in fused.trainable_state_dict())
+    with torch.no_grad():
+        a = fused(images=x)
+        b = fused(features=fused.encode_prefix(x))  # a cached prefix still gives the fused stage's features
+        for la, lb in zip(a.logits, b.logits, strict=True):
+            assert torch.allclose(la, lb, atol=1e-5)
+        without_fusion = fused.decode(fused.embed(x)[0], None)[0]  # pass 0 from the same embeddings, nothing fused
+        assert not torch.allclose(a.logits[0], without_fusion, atol=1e-4)
+        with pytest.raises(SamspError, match="come after the fused stage"):
+            fused.embed(fused.run_encoder(x, 0, 2), 2)
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [("neck", "is not an encoder stage before the neck of tiny"), ("block.9", "choose one of patch_embed")],
+)
+def test_a_fusion_stage_that_cannot_be_fused_is_one_error(stage, message):
+    with pytest.raises(SamspError, match=message):
+        tiny(fusion_stage=stage)
+
+
 def test_train_neck_outside_strategy_lora_is_one_error():
     with pytest.raises(SamspError, match="model.train_neck applies to strategy lora"):
         ModelConfig(strategy="full", adapt_stages=0, train_neck=True)
@@ -272,8 +307,9 @@ def test_merged_model_predicts_the_same_masks_without_peft():
         ({"strategy": "full", "adapt_stages": 0}, "full"),
         ({"train_neck": True}, "lora + neck"),
         ({"box_decoder": True}, "lora"),
+        ({"fusion_stage": "blocks.0"}, "lora"),
     ],
-    ids=["lora", "neck", "lora+neck", "box-decoder"],
+    ids=["lora", "neck", "lora+neck", "box-decoder", "fusion"],
 )
 def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, training):
     model = _train_a_little(tiny(**settings))
@@ -283,6 +319,7 @@ def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, trainin
     card = (tmp_path / "m" / "README.md").read_text()
     assert f"| encoder training | {training} |" in card
     assert ("after the no-prompt pass, in their own mask decoder |" in card) == ("box_decoder" in settings)
+    assert ("| early-feature fusion | blocks.0's output added" in card) == ("fusion_stage" in settings)
     loaded = SamSP.from_pretrained(tmp_path / "m")
     x = image_batch(1)
     assert torch.allclose(model(images=x).logits[-1], loaded(images=x).logits[-1], atol=1e-6)

@@ -135,6 +135,21 @@ def test_a_model_with_a_box_decoder_exports_both_decoders(images, tmp_path):
     assert_same_predictions(torch_preds, onnx_preds)
 
 
+def test_a_model_with_early_fusion_exports_it(images, tmp_path):
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", fusion_stage="blocks.0", threshold=0.1)).eval()
+    with torch.no_grad():  # the fusion head no longer adds zero
+        model.early_fusion.layers[-1].weight.normal_(std=0.05)
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "onnx")
+    torch_preds = Predictor(model).predict_batch(images[:3])
+    onnx_preds = OnnxPredictor(tmp_path / "onnx").predict_batch(images[:3])
+    plain = SamSP(ModelConfig(backbone="tiny", threshold=0.1)).eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert not np.allclose(Predictor(plain).predict(images[0]).probability, torch_preds[0].probability, atol=1e-3)
+    assert_same_predictions(torch_preds, onnx_preds)
+
+
 def test_openvino_runs_the_same_graph_and_predicts_what_pytorch_predicts(run, exported, images):
     torch_preds = Predictor(SamSP.from_pretrained(run), batch_size=4).predict_batch(images)
     ov_preds = OnnxPredictor(exported, batch_size=4, runtime="openvino").predict_batch(images)

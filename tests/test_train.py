@@ -392,6 +392,15 @@ def test_the_pretrained_heads_learn_at_their_own_scaled_rate(box_decoder):
         OptimConfig(decoder_lr_scale=-1)
 
 
+def test_a_run_with_early_fusion_caches_the_fused_stage_and_saves_its_head(dataset, tmp_path):
+    fusion = ["model.adapt_stages=1", "model.fusion_stage=patch_embed", "runtime.cache=true"]
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", *fusion])
+    model = SamSP.from_pretrained(run)
+    assert model.prefix_stages == 1 and model.early_fusion is not None
+    assert any(name.startswith("early_fusion.") for name in model.trainable_state_dict())
+    assert "cached the frozen encoder prefix (1 of 4 stages)" in (run / "train.log").read_text()
+
+
 def test_a_run_with_the_ground_truth_box_pass_trains_and_records_its_loss(dataset, tmp_path):
     run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", "loss.gt_box=1.0"])
     header, row = (run / "metrics.csv").read_text().splitlines()[:2]

@@ -50,6 +50,10 @@ class ModelConfig:
     # the passes prompted by a box run their own copy of the mask decoder (same pretrained start), so learning to
     # segment with no prompt (pass 0) and following a box (the self-prompted passes) do not share one set of weights
     box_decoder: bool = False
+    # HQ-SAM-style early-feature fusion: this encoder stage's output (e.g. "layers.1"), upsampled by a small head that
+    # starts at zero, is added to the mask decoder's upscaled mask features; the frozen prefix then ends at it at the
+    # latest. None = off (SAM's decoder as it is)
+    fusion_stage: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)

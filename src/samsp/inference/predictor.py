@@ -144,10 +144,10 @@ class Predictor:
         return out
 
     def _run(self, x: torch.Tensor, valid_hw: torch.Tensor, start_stage: int, boxes: torch.Tensor | None) -> Passes:
-        embeddings = self.model.run_encoder(x, start_stage)
+        embeddings, fused = self.model.embed(x, start_stage)
         if boxes is None:
-            return self.model.decoder_passes(embeddings, valid_hw, self.iterations)
-        logits, scores = self.model.decode(embeddings, boxes[:, None, :])
+            return self.model.decoder_passes(embeddings, valid_hw, self.iterations, fused)
+        logits, scores = self.model.decode(embeddings, boxes[:, None, :], fused)
         fallback = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
         return Passes(logits=[logits], boxes=[boxes.float()], scores=scores, fallback=fallback)
 

@@ -7,6 +7,7 @@ encoder into a frozen prefix (computed once and cached on the CPU) and a trainab
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -72,6 +73,15 @@ def _tinyvit_layout(stages: int) -> Layout:
 def _vit_layout(stages: int) -> Layout:
     """SAM's ViT: channels last from the patch embedding on."""
     return "hwc"
+
+
+def channels_first(features: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """A (B, C, H, W) view of a batch of features that lie as `layout` (each image's features without the B)."""
+    if layout == "tokens":
+        b, n, c = features.shape
+        side = math.isqrt(n)
+        return features.view(b, side, side, c).permute(0, 3, 1, 2)
+    return features if layout == "chw" else features.permute(0, 3, 1, 2)
 
 
 def _vit_stages(encoder: nn.Module) -> list[Stage]:

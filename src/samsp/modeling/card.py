@@ -135,9 +135,12 @@ def card_rows(card: ModelCard) -> list[tuple[str, str]]:
     passes = f"{card.iterations} after the no-prompt pass"
     if card.settings.get("box_decoder"):
         passes += ", in their own mask decoder"
+    fusion = card.settings.get("fusion_stage")
+    fused = [("early-feature fusion", f"{fusion}'s output added to the mask decoder's mask features")] if fusion else []
     return [
         ("backbone", f"{card.backbone}{size}"),
         ("encoder training", card.strategy),
+        *fused,
         ("self-prompting passes", passes),
         ("trained on", _trained_on(card)),
         ("validation Dice", dice),

@@ -13,7 +13,12 @@ from segment_anything.modeling import MaskDecoder
 
 
 def decode_batch(
-    decoder: MaskDecoder, embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    decoder: MaskDecoder,
+    embeddings: torch.Tensor,
+    image_pe: torch.Tensor,
+    sparse: torch.Tensor,
+    dense: torch.Tensor,
+    fused: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Single-mask low-resolution logits (B, 1, h, w) and predicted IoU (B, 1) for B images, one prompt each.
 
@@ -21,7 +26,8 @@ def decode_batch(
     the prompt encoder (batch 1 when there is no prompt). Mirrors `MaskDecoder.predict_masks` followed by
     `forward(multimask_output=False)` in segment_anything/modeling/mask_decoder.py (facebookresearch/segment-anything
     v1.0), without the repeat_interleave, and runs only the hypernetwork of the single-mask token that
-    `multimask_output=False` keeps.
+    `multimask_output=False` keeps. `fused` (B, C', 4H, 4W), early encoder features (modeling/fusion.py), is added
+    to the upscaled mask features, as HQ-SAM adds its own.
     """
     b = embeddings.shape[0]
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
@@ -34,6 +40,8 @@ def decode_batch(
     iou_token_out, mask_token_out = hs[:, 0, :], hs[:, 1, :]
 
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    if fused is not None:
+        upscaled = upscaled + fused
     hyper_in = decoder.output_hypernetworks_mlps[0](mask_token_out)[:, None, :]
     _, c, h, w = upscaled.shape
     masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, 1, h, w)

@@ -77,14 +77,16 @@ def is_peft(module: nn.Module) -> bool:
 
 def set_trainable(model: nn.Module, strategy: str, full_stages: Sequence[str]) -> None:
     """Freeze or unfreeze parameters for a training strategy: in the encoder, LoRA's adapters (strategy `lora`) and
-    every weight of `full_stages`, the stages that train in full. Prompt encoder and mask decoder(s) train, except
-    the IoU heads."""
+    every weight of `full_stages`, the stages that train in full. Prompt encoder, mask decoder(s) and the early
+    fusion head (model.fusion_stage) train, except the IoU heads."""
     if strategy not in STRATEGIES:
         raise SamspError(f"unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
     for name, param in model.image_encoder.named_parameters():
         lora = strategy == "lora" and "lora_" in name
         param.requires_grad = lora or any(f"{s}." in name for s in full_stages)
     model.prompt_encoder.requires_grad_(True)
+    if model.early_fusion is not None:
+        model.early_fusion.requires_grad_(True)
     for decoder in (model.mask_decoder, model.box_decoder):
         if decoder is not None:
             decoder.requires_grad_(True)

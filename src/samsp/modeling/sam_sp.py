@@ -18,8 +18,9 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import SamspError
-from .backbones import build_sam, get_backbone
+from .backbones import build_sam, channels_first, get_backbone
 from .decoder import decode_batch
+from .fusion import EarlyFusion
 from .lora import adapted_stage_names, apply_lora, base_encoder, merge_lora, set_trainable
 from .persistence import PretrainedMixin
 from .prompts import boxes_from_masks, full_boxes, jitter_boxes, open_masks, valid_region
@@ -64,6 +65,9 @@ class SamSP(PretrainedMixin, nn.Module):
         self.mask_decoder = sam.mask_decoder
         # model.box_decoder: the box-prompted passes' own decoder, from the same pretrained weights
         self.box_decoder = copy.deepcopy(sam.mask_decoder) if config.box_decoder else None
+        # model.fusion_stage: that stage's output, upsampled, joins the decoder's mask features (HQ-SAM's idea)
+        self.fusion_index = None if config.fusion_stage is None else self._fusion_index(config.fusion_stage)
+        self.early_fusion = None if self.fusion_index is None else self._build_fusion()
         set_trainable(self, config.strategy, self.fully_trained_stages)
         # nn.Module starts in training mode; the frozen encoder must not (TinyViT's BatchNorm would normalise
         # with each batch's statistics, so cached training features would differ from those seen at inference)
@@ -87,9 +91,38 @@ class SamSP(PretrainedMixin, nn.Module):
 
     @property
     def prefix_stages(self) -> int:
-        """How many leading encoder stages never train: their output can be computed once and cached."""
+        """How many leading encoder stages never train: their output can be computed once and cached. With
+        `model.fusion_stage` the prefix ends at the fused stage at the latest, so its output is the cached one."""
         trained = self.trained_stages
-        return self.stage_names.index(trained[0]) if trained else len(self.stage_names)
+        stop = self.stage_names.index(trained[0]) if trained else len(self.stage_names)
+        return stop if self.fusion_index is None else min(stop, self.fusion_index + 1)
+
+    def _fusion_index(self, stage: str) -> int:
+        body = [name for name in self.stage_names if name != "neck"]  # the neck's output is the embedding itself
+        if stage not in body:
+            raise SamspError(
+                f"model.fusion_stage {stage!r} is not an encoder stage before the neck of {self.config.backbone}: "
+                f"choose one of {', '.join(body)}"
+            )
+        return self.stage_names.index(stage)
+
+    def _build_fusion(self) -> EarlyFusion:
+        """The fusion head, sized by running the encoder on a blank image up to the fused stage (in eval mode, so
+        no BatchNorm statistic moves)."""
+        size, stop = self.backbone.img_size, self.fusion_index + 1
+        encoder = base_encoder(self.image_encoder).eval()
+        with torch.no_grad():
+            early = self.run_encoder(torch.zeros(1, 3, size, size), 0, stop)
+        channels, side = channels_first(early, self.backbone.layout(stop)).shape[1:3]
+        target = 4 * self.prompt_encoder.image_embedding_size[0]  # SAM's decoder upscales its grid 4x for masks
+        factor = target // side
+        if side * factor != target or factor < 2 or factor & (factor - 1):
+            raise SamspError(
+                f"model.fusion_stage {self.config.fusion_stage!r}: its {side}x{side} grid does not reach the "
+                f"decoder's {target}x{target} mask features by doubling; choose a stage with a coarser grid"
+            )
+        encoder.train()
+        return EarlyFusion(channels, self.mask_decoder.transformer_dim // 8, factor)
 
     def run_encoder(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run encoder stages [start, stop): start=0 takes images, start=prefix_stages takes cached features."""
@@ -104,22 +137,35 @@ class SamSP(PretrainedMixin, nn.Module):
         state = base_encoder(self.image_encoder).state_dict()
         return [(k, v) for k, v in sorted(state.items()) if "lora_" not in k and not k.startswith(trained)]
 
+    def embed(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image embeddings from images (start=0) or from the output of the first `start` stages (a cached prefix),
+        and the early features the decoder adds to its mask features (None without `model.fusion_stage`)."""
+        if self.early_fusion is None:
+            return self.run_encoder(x, start), None
+        stop = self.fusion_index + 1
+        if start > stop:
+            raise SamspError(f"features after {start} encoder stages come after the fused stage ({stop})")
+        early = self.run_encoder(x, start, stop)
+        return self.run_encoder(early, stop), self.early_fusion(channels_first(early, self.backbone.layout(stop)))
+
     @torch.no_grad()
     def encode_prefix(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen prefix of the encoder, for caching."""
         return self.run_encoder(images, 0, self.prefix_stages)
 
     # ----- decoder -----
-    def decode(self, embeddings: torch.Tensor, boxes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, embeddings: torch.Tensor, boxes: torch.Tensor | None, fused: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder pass for a batch: logits (B, S, S) in the input frame and predicted IoU (B,).
 
         `boxes` (B, 1, 4) gives each image one box, None decodes with no prompt; all images share one decoder call.
         A box runs through `box_decoder` when the model has one (`model.box_decoder`), no prompt through
-        `mask_decoder`.
+        `mask_decoder`. `fused`: the early features `embed` returns with the embeddings.
         """
         sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
         decoder = self.mask_decoder if boxes is None or self.box_decoder is None else self.box_decoder
-        low, iou = decode_batch(decoder, embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        low, iou = decode_batch(decoder, embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, fused)
         size = self.backbone.img_size
         if low.shape[-1] != size:
             low = F.interpolate(low.float(), (size, size), mode="bilinear", align_corners=False)
@@ -142,16 +188,21 @@ class SamSP(PretrainedMixin, nn.Module):
         """
         if (images is None) == (features is None):
             raise ValueError("give exactly one of images or features")
-        embeddings = self.run_encoder(images) if features is None else self.run_encoder(features, self.prefix_stages)
-        passes = self.decoder_passes(embeddings, valid_hw, iterations)
+        embeddings, fused = self.embed(images) if features is None else self.embed(features, self.prefix_stages)
+        passes = self.decoder_passes(embeddings, valid_hw, iterations, fused)
         if prompt_boxes is not None:
-            passes.prompted = self.decode(embeddings, prompt_boxes[:, None, :])[0]
+            passes.prompted = self.decode(embeddings, prompt_boxes[:, None, :], fused)[0]
         return passes
 
     def decoder_passes(
-        self, embeddings: torch.Tensor, valid_hw: torch.Tensor | None = None, iterations: int | None = None
+        self,
+        embeddings: torch.Tensor,
+        valid_hw: torch.Tensor | None = None,
+        iterations: int | None = None,
+        fused: torch.Tensor | None = None,
     ) -> Passes:
-        """The decoder passes from image embeddings: no prompt first, then each previous mask's box."""
+        """The decoder passes from image embeddings (and `embed`'s early features): no prompt first, then each
+        previous mask's box."""
         b, size = embeddings.shape[0], self.backbone.img_size
         if valid_hw is None:
             valid_hw = torch.full((b, 2), size, device=embeddings.device)
@@ -160,7 +211,7 @@ class SamSP(PretrainedMixin, nn.Module):
         if not self.config.self_prompt:
             iterations = 0
 
-        logits, scores = self.decode(embeddings, None)
+        logits, scores = self.decode(embeddings, None, fused)
         passes, boxes = [logits], []
         fallback = torch.zeros(b, dtype=torch.bool, device=embeddings.device)
         cut = math.log(self.config.threshold / (1 - self.config.threshold))
@@ -173,7 +224,7 @@ class SamSP(PretrainedMixin, nn.Module):
                 box = torch.where(empty[:, None], full_boxes(valid_hw), box)
                 if self.training:
                     box = jitter_boxes(box, self.config.box_jitter, valid_hw)
-            logits, iou = self.decode(embeddings, box[:, None, :])
+            logits, iou = self.decode(embeddings, box[:, None, :], fused)
             if self.config.empty_fallback == "no_prompt":
                 logits = torch.where(empty[:, None, None], passes[-1], logits)
                 iou = torch.where(empty, scores, iou)

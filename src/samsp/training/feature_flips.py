@@ -14,15 +14,7 @@ import math
 import torch
 
 from ..inference.predictor import flip_valid
-from ..modeling.backbones import Layout
-
-
-def _channels_first(features: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """A (C, H, W) view of one image's features."""
-    if layout == "tokens":
-        side = math.isqrt(features.shape[0])
-        return features.view(side, side, features.shape[1]).permute(2, 0, 1)
-    return features if layout == "chw" else features.permute(2, 0, 1)
+from ..modeling.backbones import Layout, channels_first
 
 
 def _mirror(x: torch.Tensor, valid_hw: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
@@ -49,7 +41,7 @@ def flip_sample(
     """
     if not (horizontal or vertical):
         return features, mask
-    grid = _channels_first(features, layout)
+    grid = channels_first(features[None], layout)[0]
     stride = mask.shape[0] / grid.shape[-1]
     cells = torch.tensor([math.ceil(int(v) / stride) for v in valid_hw])
     flipped = _mirror(grid, cells, horizontal, vertical)
