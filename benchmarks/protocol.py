@@ -74,8 +74,10 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # (the prefix then stops a stage earlier, as with 2 adapted stages)
     "SAM-SP + pass-0 Dice + layers.2 fused into the decoder": [*PASS0_DICE, "model.fusion_stage=layers.2"],
     "SAM-SP + pass-0 Dice + layers.1 fused into the decoder": [*PASS0_DICE, "model.fusion_stage=layers.1"],
-    # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body)
+    # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops
+    # its prefix two stages earlier
     "SAM-SP + pass-0 Dice, neck only + layers.3 fused into the decoder": [*NECK_ONLY, "model.fusion_stage=layers.3"],
+    "SAM-SP + pass-0 Dice, neck only + layers.1 fused into the decoder": [*NECK_ONLY, "model.fusion_stage=layers.1"],
     "SAM-SP + pass-0 Dice, every stage adapted (GPU)": [*PASS0_DICE, "model.adapt_stages=null"],
     "SAMed-style one pass, every stage adapted (GPU)": ["model.self_prompt=false", "model.adapt_stages=null"],
     # the encoder body frozen and cached whole, its neck trains with the decoder: what a CPU trains under a time budget
