@@ -242,7 +242,10 @@ def test_a_box_decoder_runs_the_prompted_passes_and_learns_apart_from_pass_0():
 
 
 def test_early_fusion_starts_as_the_plain_model_learns_and_ends_the_cached_prefix_at_its_stage():
-    plain, fused = tiny(adapt_stages=1).eval(), tiny(adapt_stages=1, fusion_stage="patch_embed").eval()
+    plain, fused = tiny(adapt_stages=1), tiny(adapt_stages=1, fusion_stage="patch_embed")
+    modes = [[m.training for m in model.image_encoder.modules()] for model in (plain, fused)]
+    assert modes[0] == modes[1]  # sizing the head ran the encoder in eval mode, then each module's mode was set
+    plain, fused = plain.eval(), fused.eval()
     assert plain.prefix_stages == 2 and fused.prefix_stages == 1  # the prefix's output is the fused stage's
     x = image_batch()
     with torch.no_grad():  # the head's last convolution starts at zero: the same passes before any training

@@ -108,9 +108,9 @@ class SamSP(PretrainedMixin, nn.Module):
 
     def _build_fusion(self) -> EarlyFusion:
         """The fusion head, sized by running the encoder on a blank image up to the fused stage (in eval mode, so
-        no BatchNorm statistic moves)."""
+        no BatchNorm statistic moves; `__init__` sets each module's mode afterwards)."""
         size, stop = self.backbone.img_size, self.fusion_index + 1
-        encoder = base_encoder(self.image_encoder).eval()
+        base_encoder(self.image_encoder).eval()
         with torch.no_grad():
             early = self.run_encoder(torch.zeros(1, 3, size, size), 0, stop)
         channels, side = channels_first(early, self.backbone.layout(stop)).shape[1:3]
@@ -121,7 +121,6 @@ class SamSP(PretrainedMixin, nn.Module):
                 f"model.fusion_stage {self.config.fusion_stage!r}: its {side}x{side} grid does not reach the "
                 f"decoder's {target}x{target} mask features by doubling; choose a stage with a coarser grid"
             )
-        encoder.train()
         return EarlyFusion(channels, self.mask_decoder.transformer_dim // 8, factor)
 
     def run_encoder(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
