@@ -392,6 +392,22 @@ def test_the_pretrained_heads_learn_at_their_own_scaled_rate(box_decoder):
         OptimConfig(decoder_lr_scale=-1)
 
 
+def test_the_fusion_head_learns_at_the_encoders_rate_not_the_heads_scaled_one():
+    from samsp.config import ModelConfig, OptimConfig
+    from samsp.training.schedule import make_optimizer
+
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1, fusion_stage="blocks.0"))
+    optimizer, _ = make_optimizer(model, OptimConfig(lr=1e-3, decoder_lr_scale=0.0, warmup=0.0), 10)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    size = model.backbone.img_size
+    model(torch.rand(2, 3, size, size)).logits[-1].float().mean().backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
+    assert any(n.startswith("early_fusion.") for n in changed) and any("lora_" in n for n in changed)
+    assert not any(n.startswith(("mask_decoder.", "prompt_encoder.")) for n in changed)
+
+
 def test_a_run_with_early_fusion_caches_the_fused_stage_and_saves_its_head(dataset, tmp_path):
     fusion = ["model.adapt_stages=1", "model.fusion_stage=patch_embed", "runtime.cache=true"]
     run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", *fusion])

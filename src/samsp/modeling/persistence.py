@@ -41,7 +41,7 @@ class PretrainedMixin:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Every weight, in segment_anything's Sam layout (image_encoder.*, prompt_encoder.*, mask_decoder.*; with
-        model.box_decoder also box_decoder.*, a second mask decoder)."""
+        model.box_decoder also box_decoder.*, a second mask decoder; with model.fusion_stage also early_fusion.*)."""
         if self.config.strategy == "lora":
             raise SamspError("merge the LoRA weights first (SamSP.merged()) to get a plain SAM state dict")
         return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

@@ -35,7 +35,8 @@ class WarmupCosine:
 
 def make_optimizer(model: torch.nn.Module, optim: OptimConfig, total_steps: int):
     """AdamW over the trainable parameters and its warm-up + cosine LambdaLR scheduler; SAM's prompt encoder and mask
-    decoder learn at `lr x decoder_lr_scale`, the adapted encoder at `lr`."""
+    decoder(s) learn at `lr x decoder_lr_scale`; the adapted encoder and the new fusion head (model.fusion_stage)
+    at `lr`."""
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     if optim.decoder_lr_scale == 1:  # one group, in parameter order: what runs saved before the setting existed hold
         param_groups = [{"params": [param for _, param in named], "lr": optim.lr}]
