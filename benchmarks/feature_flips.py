@@ -42,7 +42,7 @@ def centred_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def measure(model: SamSP, data: PreparedSet, horizontal: bool) -> dict[str, list[float]]:
-    layout = model.backbone.layout(model.prefix_stages)
+    layout = model.features_layout(model.prefix_stages)
     out: dict[str, list[float]] = {k: [] for k in ("cos_standin", "cos_unflipped", "dice_true", "dice_standin")}
     for i in range(len(data)):
         item = data.item(i)

@@ -8,7 +8,7 @@ from samsp import train
 from samsp.config import DataConfig, ModelConfig
 from samsp.data.prepared import PreparedSet
 from samsp.errors import SamspError
-from samsp.modeling.backbones import get_backbone
+from samsp.modeling.backbones import channels_first
 from samsp.modeling.sam_sp import SamSP
 from samsp.training.batches import Batches
 from samsp.training.feature_flips import draw, flip_sample
@@ -130,7 +130,34 @@ def test_flips_without_a_cache_are_reported_as_having_no_effect(tmp_path):
     assert "data.cached_flips has no effect: nothing is cached" in (run / "train.log").read_text()
 
 
-def test_every_backbone_names_the_layout_of_its_cached_features():
-    for name in ("litemedsam", "tiny"):
-        backbone = get_backbone(name)
-        assert all(backbone.layout(n) in ("chw", "hwc", "tokens") for n in range(1, 6))
+@pytest.mark.parametrize("backbone", ["tiny", "litemedsam"])
+def test_every_prefix_length_names_the_layout_its_features_really_have(backbone):
+    """Each cached prefix's output, viewed channels first by its named layout, is a square grid; after the whole
+    encoder (the neck: what `model.strategy=frozen` caches) it is the image embedding, channels first."""
+    model = SamSP(ModelConfig(backbone=backbone)).eval()
+    size = model.backbone.img_size
+    side = model.prompt_encoder.image_embedding_size[0]
+    with torch.no_grad():
+        x = torch.zeros(1, 3, size, size)
+        for stages in range(1, len(model.stage_names) + 1):
+            x = model.run_encoder(x, stages - 1, stages)
+            grid = channels_first(x, model.features_layout(stages))
+            assert grid.shape[-1] == grid.shape[-2] and size % grid.shape[-1] == 0, (stages, tuple(x.shape))
+    assert grid.shape == (1, model.mask_decoder.transformer_dim, side, side)
+
+
+def test_a_wholly_frozen_encoders_cache_is_mirrored_channels_first(tmp_path):
+    """`model.strategy=frozen` caches the neck's output (C, H, W); both flips mirror its last two axes."""
+    import math
+
+    from samsp.data.pairs import find_pairs
+
+    model = SamSP(ModelConfig(backbone="tiny", strategy="frozen")).eval()
+    assert model.prefix_stages == len(model.stage_names)
+    data = PreparedSet(find_pairs(make_dataset(tmp_path, n=4)), model.backbone)
+    plain, flipped = _batches(data, model, 0.0), _batches(data, model, 1.0)
+    for a, b in zip(plain.epoch(0), flipped.epoch(0), strict=True):
+        features, stride = a["features"][0], model.backbone.img_size / a["features"].shape[-1]
+        h, w = (math.ceil(int(v) / stride) for v in a["valid_hw"][0])
+        assert features.shape == b["features"][0].shape == (model.mask_decoder.transformer_dim, 8, 8)
+        assert torch.equal(b["features"][0][:, :h, :w], features[:, :h, :w].flip(-1).flip(-2))

@@ -117,7 +117,7 @@ def test_flipped_cached_features_stand_in_for_the_features_of_the_flipped_image(
     train, _ = kvasir
     model = SamSP(ModelConfig(strategy="full", adapt_stages=0)).eval()  # the whole body cached: the neck recipe
     data = PreparedSet(train[:2], model.backbone)
-    layout = model.backbone.layout(model.prefix_stages)
+    layout = model.features_layout(model.prefix_stages)
     for i in range(2):
         item = data.item(i)
         image = flip_valid(item["image"][None], item["valid_hw"][None], -1)

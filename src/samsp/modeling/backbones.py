@@ -44,7 +44,7 @@ class Backbone:
     normalization: str  # "minmax": per-image min-max to [0, 1] (LiteMedSAM); "imagenet": SAM's pixel mean/std
     build: Callable[[], Sam]
     stages: Callable[[nn.Module], list[Stage]]
-    layout: Callable[[int], Layout]  # of the features after this many stages (a cached prefix's output)
+    layout: Callable[[int], Layout]  # of the features after this many stages, before the neck (SamSP.features_layout)
     weights: str  # "bundled", "download" or "random"
     filename: str | None = None
     sha256: str | None = None

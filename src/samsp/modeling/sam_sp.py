@@ -18,7 +18,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import SamspError
-from .backbones import build_sam, channels_first, get_backbone
+from .backbones import Layout, build_sam, channels_first, get_backbone
 from .decoder import decode_batch
 from .fusion import EarlyFusion
 from .lora import adapted_stage_names, apply_lora, base_encoder, merge_lora, set_trainable
@@ -113,7 +113,7 @@ class SamSP(PretrainedMixin, nn.Module):
         base_encoder(self.image_encoder).eval()
         with torch.no_grad():
             early = self.run_encoder(torch.zeros(1, 3, size, size), 0, stop)
-        channels, side = channels_first(early, self.backbone.layout(stop)).shape[1:3]
+        channels, side = channels_first(early, self.features_layout(stop)).shape[1:3]
         target = 4 * self.prompt_encoder.image_embedding_size[0]  # SAM's decoder upscales its grid 4x for masks
         factor = target // side
         if side * factor != target or factor < 2 or factor & (factor - 1):
@@ -122,6 +122,11 @@ class SamSP(PretrainedMixin, nn.Module):
                 f"decoder's {target}x{target} mask features by doubling; choose a stage with a coarser grid"
             )
         return EarlyFusion(channels, self.mask_decoder.transformer_dim // 8, factor)
+
+    def features_layout(self, stages: int) -> Layout:
+        """How one image's features lie after the first `stages` encoder stages (a cached prefix's output): the
+        backbone's layout inside the encoder; channels first after the neck, i.e. for the whole encoder."""
+        return "chw" if stages == len(self.stage_names) else self.backbone.layout(stages)
 
     def run_encoder(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run encoder stages [start, stop): start=0 takes images, start=prefix_stages takes cached features."""
@@ -145,7 +150,7 @@ class SamSP(PretrainedMixin, nn.Module):
         if start > stop:
             raise SamspError(f"features after {start} encoder stages come after the fused stage ({stop})")
         early = self.run_encoder(x, start, stop)
-        return self.run_encoder(early, stop), self.early_fusion(channels_first(early, self.backbone.layout(stop)))
+        return self.run_encoder(early, stop), self.early_fusion(channels_first(early, self.features_layout(stop)))
 
     @torch.no_grad()
     def encode_prefix(self, images: torch.Tensor) -> torch.Tensor:

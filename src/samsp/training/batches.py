@@ -54,7 +54,7 @@ class Batches:
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
-            self.layout = model.backbone.layout(model.prefix_stages)
+            self.layout = model.features_layout(model.prefix_stages)
             with autocast() if autocast else contextlib.nullcontext():
                 self.features, self.items = self._cache(model, views, dtype)
 
