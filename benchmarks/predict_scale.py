@@ -3,8 +3,9 @@
     python benchmarks/predict_scale.py --images 64 --archive 20000
 
 1. Throughput (LiteMedSAM, Kvasir-SEG test images, masks and overlays written): the in-process `Predictor` with the
-   frozen prefix in PyTorch and in OpenVINO (decoding and writing excluded), `samsp predict` in one process, and
-   `samsp predict` under torchrun with two processes (one thread each), all in one run on this machine.
+   frozen prefix in PyTorch and in OpenVINO, with and without test-time flips (decoding and writing excluded),
+   `samsp predict` in one process, and `samsp predict` under torchrun with two processes (one thread each), all in
+   one run on this machine.
 2. Memory: `samsp predict --no-overlay` over an archive of ARCHIVE images (CVC-ClinicDB frames linked under new
    names) with the tiny backbone, so the pipeline, not the network, is what runs; the resident memory of the process
    is sampled every second from start to end.
@@ -91,14 +92,16 @@ def throughput(work: Path, n: int) -> list[list]:
     model = SamSP.from_pretrained(model_dir)
     images = [read_image(p) for p in sorted(folder.iterdir())]
     rows = []
-    for engine in ("torch", "openvino"):  # what computes the frozen prefix (`samsp predict` chooses by image count)
-        predictor = Predictor(model, prefix_engine=engine)  # compiles the OpenVINO graph here, outside the timing
-        predictor.predict_batch(images[:4])  # warm-up
-        started = time.perf_counter()
-        predictor.predict_batch(images)
-        loop_s = time.perf_counter() - started
-        how = f"`Predictor.predict_batch`, batches of 4, frozen prefix in {engine}, in process (no decoding or writing)"
-        rows.append([how, 1, f"{n / loop_s:.2f}", "", ""])
+    for flips in (False, True):  # test-time flips encode three views of each image
+        for engine in ("torch", "openvino"):  # what computes the frozen prefix (`samsp predict` chooses by count)
+            predictor = Predictor(model, flips=flips, prefix_engine=engine)  # compiles the graph outside the timing
+            predictor.predict_batch(images[:4])  # warm-up
+            started = time.perf_counter()
+            predictor.predict_batch(images)
+            loop_s = time.perf_counter() - started
+            how = f"`Predictor.predict_batch`, batches of 4, frozen prefix in {engine}"
+            how += f"{', test-time flips' if flips else ''}, in process (no decoding or writing)"
+            rows.append([how, 1, f"{n / loop_s:.2f}", "", ""])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     for processes in (1, 2):
         threads = str(max(1, (os.cpu_count() or 2) // processes))

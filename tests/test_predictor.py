@@ -72,13 +72,21 @@ def test_evaluation_encodes_the_frozen_prefix_first_by_the_faster_engine(tmp_pat
     direct = Predictor(model).predict_inputs(data.inputs, data.frames)
     for prob, pred in zip(probs, direct, strict=True):
         assert np.allclose(prob, pred.probability, atol=1e-3)
-    predict_set(model, data, flips=True)  # flips encode each mirrored view: the images themselves, not the prefix
-    assert engines == ["openvino"]
+    chosen = []
+    real_choice = evaluate_module.predictor_prefix_engine
+    monkeypatch.setattr(
+        evaluate_module, "predictor_prefix_engine", lambda *a: chosen.append(real_choice(*a)) or chosen[-1]
+    )
+    flipped = predict_set(model, data, flips=True)  # each batch's three views go through the compiled prefix
+    assert engines == ["openvino"] and chosen == ["openvino"]
+    direct = Predictor(model, flips=True).predict_inputs(data.inputs, data.frames)
+    for prob, pred in zip(flipped, direct, strict=True):
+        assert np.allclose(prob, pred.probability, atol=1e-3)
 
 
 def test_a_predictor_can_encode_the_frozen_prefix_of_each_batch_in_a_compiled_graph(images):
-    """The maps the model gives by itself, up to the compiled graph's rounding; flips need the images, so they keep
-    PyTorch."""
+    """The maps the model gives by itself, up to the compiled graph's rounding, with and without test-time flips
+    (each mirrored view's prefix goes through the graph too)."""
     pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
     torch.manual_seed(0)
     model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
@@ -87,7 +95,12 @@ def test_a_predictor_can_encode_the_frozen_prefix_of_each_batch_in_a_compiled_gr
     for a, b in zip(Predictor(model, batch_size=2).predict_batch(images), compiled.predict_batch(images), strict=True):
         assert np.allclose(a.probability, b.probability, atol=1e-3)
         assert (a.mask == b.mask).mean() > 0.99
-    assert Predictor(model, flips=True, prefix_engine="openvino").encode_prefix is None
+    flipped = Predictor(model, batch_size=2, flips=True, prefix_engine="openvino")
+    assert flipped.encode_prefix is not None
+    plain = Predictor(model, batch_size=2, flips=True).predict_batch(images)
+    for a, b in zip(plain, flipped.predict_batch(images), strict=True):
+        assert np.allclose(a.probability, b.probability, atol=1e-3)
+        assert (a.mask == b.mask).mean() > 0.99
 
 
 def test_samsp_predict_compiles_the_frozen_prefix_when_there_are_images_enough(tmp_path, monkeypatch, caplog):

@@ -32,22 +32,15 @@ def check_precision(precision: str) -> None:
         raise SamspError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def prefix_apart(model: SamSP, flips: bool) -> bool:
-    """Whether a prediction can take the frozen encoder prefix from outside the model (a compiled graph, features
-    computed once for several models): the model has one, and no test-time flips run (each mirrored image runs
-    the whole encoder)."""
-    return model.prefix_stages > 0 and not flips
-
-
 class Predictor:
     """Batched prompt-free prediction with a model and its options.
 
     `precision`: "fp32" (reproducible) or "bf16" (autocast; ~3x faster on a CPU with bf16 units, masks differ at a
     few boundary pixels). `iterations`: self-prompting passes after pass 0 (default: as trained). `flips`: also
     predict the horizontally and vertically flipped image and average the probabilities (test-time augmentation;
-    each view prompts itself). `prefix_engine`: openvino computes the encoder's frozen prefix of each batch in a
-    compiled graph (`inference.prefix_graph`, compiled here, once per process), torch in the model itself; flips
-    keep torch.
+    each view prompts itself). `prefix_engine`: openvino computes the encoder's frozen prefix of each batch (each
+    mirrored view too) in a compiled graph (`inference.prefix_graph`, compiled here, once per process), torch in
+    the model itself.
     """
 
     def __init__(
@@ -66,7 +59,7 @@ class Predictor:
         self.iterations, self.flips = iterations, flips
         self.encode_prefix = None
         self.prefix_engine = "torch"  # what computes the frozen prefix: torch (in the model) unless compiled here
-        if prefix_engine != "torch" and prefix_apart(model, flips):
+        if prefix_engine != "torch" and model.prefix_stages > 0:
             from .prefix_graph import graph_precision, prefix_encoder  # it imports the exporter, which imports us
 
             self.encode_prefix = prefix_encoder(model, prefix_engine, graph_precision(prefix_engine, precision))
@@ -81,12 +74,7 @@ class Predictor:
         results: list[Prediction] = []
         for start in range(0, len(images), self.batch_size):
             prepared = [preprocess(as_rgb(im), self.model.backbone) for im in images[start : start + self.batch_size]]
-            inputs, frames = [x for x, _ in prepared], [f for _, f in prepared]
-            if self.encode_prefix is None:
-                results += self.predict_inputs(inputs, frames)
-            else:
-                features = self.encode_prefix(torch.stack(inputs).to(self.model.device))
-                results += self.predict_inputs(inputs, frames, list(features), self.model.prefix_stages)
+            results += self.predict_inputs([x for x, _ in prepared], [f for _, f in prepared])
         return results
 
     @torch.no_grad()
@@ -144,6 +132,8 @@ class Predictor:
         return out
 
     def _run(self, x: torch.Tensor, valid_hw: torch.Tensor, start_stage: int, boxes: torch.Tensor | None) -> Passes:
+        if start_stage == 0 and self.encode_prefix is not None:  # images: the compiled graph takes the frozen prefix
+            x, start_stage = self.encode_prefix(x).float(), self.model.prefix_stages
         embeddings, fused = self.model.embed(x, start_stage)
         if boxes is None:
             return self.model.decoder_passes(embeddings, valid_hw, self.iterations, fused)

@@ -26,7 +26,6 @@ from ..modeling.persistence import update_digest
 from ..modeling.sam_sp import SamSP
 from .onnx_export import trace_to_onnx
 from .onnx_runtimes import open_graph, openvino_has_bf16
-from .predictor import prefix_apart
 
 log = logging.getLogger("samsp")
 PREFIX_ENGINES = typing.get_args(PrefixEngine)
@@ -71,13 +70,12 @@ def choose_prefix_engine(setting: str, device: torch.device, precision: str, ima
 
 def predictor_prefix_engine(model: SamSP, setting: str, precision: str, flips: bool, images: int | None) -> str:
     """What computes the frozen prefix for a `Predictor` of `model` that will segment `images` images (None: no
-    bound), logged with the reason: `choose_prefix_engine`'s choice, or torch for a model with no frozen prefix and
-    for flips (the mirrored images run the whole encoder)."""
-    if not prefix_apart(model, flips):
-        if flips and model.prefix_stages > 0:
-            log.info("test-time flips: PyTorch computes the whole encoder of each mirrored image")
+    bound), logged with the reason: `choose_prefix_engine`'s choice (test-time flips encode three views of each
+    image), or torch for a model with no frozen prefix."""
+    if model.prefix_stages == 0:
         return "torch"
-    engine, why = choose_prefix_engine(setting, model.device, precision, images)
+    views = 3 if flips else 1
+    engine, why = choose_prefix_engine(setting, model.device, precision, None if images is None else images * views)
     log.info(why)
     return engine
 
