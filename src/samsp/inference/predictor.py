@@ -18,6 +18,7 @@ from .prediction import Prediction, as_rgb, make_prediction
 from .preprocess import Frame, postprocess, preprocess
 
 PRECISIONS: tuple[str, ...] = Precision.__args__
+FLIP_DIMS: tuple[int, ...] = (-1, -2)  # test-time flips: left-right and up-down mirrors, beside the image itself
 
 
 def inference_precision(device: torch.device, precision: str):
@@ -121,7 +122,7 @@ class Predictor:
         if not self.flips:
             return out
         views = [out]
-        for dim in (-1, -2):
+        for dim in FLIP_DIMS:
             flipped = self._run(flip_valid(x, valid_hw, dim), valid_hw, start_stage, None)
             flipped.logits = [flip_valid(lg, valid_hw, dim) for lg in flipped.logits]
             views.append(flipped)

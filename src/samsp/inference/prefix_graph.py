@@ -26,6 +26,7 @@ from ..modeling.persistence import update_digest
 from ..modeling.sam_sp import SamSP
 from .onnx_export import trace_to_onnx
 from .onnx_runtimes import open_graph, openvino_has_bf16
+from .predictor import FLIP_DIMS
 
 log = logging.getLogger("samsp")
 PREFIX_ENGINES = typing.get_args(PrefixEngine)
@@ -74,7 +75,7 @@ def predictor_prefix_engine(model: SamSP, setting: str, precision: str, flips: b
     image), or torch for a model with no frozen prefix."""
     if model.prefix_stages == 0:
         return "torch"
-    views = 3 if flips else 1
+    views = 1 + len(FLIP_DIMS) if flips else 1
     engine, why = choose_prefix_engine(setting, model.device, precision, None if images is None else images * views)
     log.info(why)
     return engine
