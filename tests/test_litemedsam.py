@@ -101,6 +101,31 @@ def test_the_feature_store_names_litemedsam_features_by_their_frozen_weights(kva
     assert path != store_path(tmp_path, data, model.to(torch.bfloat16), model.prefix_stages, recipe)
 
 
+def test_runs_that_adapt_the_same_stages_differently_share_the_feature_store_file(kvasir, tmp_path):
+    """Regression: the store hashed the trained stage's weights by name, and LoRA on the MLP renames them
+    (`fc1.base_layer.weight`), so a row adapting the MLP too encoded the same prefix again (7 minutes, 8 GB)."""
+    from samsp.inference.prefix_graph import prefix_digest
+    from samsp.training.feature_store import store_path
+
+    train, _ = kvasir
+    model = SamSP(ModelConfig(adapt_stages=1))
+    data = PreparedSet(train[:2], model.backbone)
+    recipe = (1, None, torch.float32, False)
+    path = store_path(tmp_path, data, model, model.prefix_stages, recipe)
+    for other in (
+        ModelConfig(adapt_stages=1, lora_targets=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")),
+        ModelConfig(adapt_stages=1, train_neck=True),
+    ):
+        assert store_path(tmp_path, data, SamSP(other), model.prefix_stages, recipe) == path
+        assert prefix_digest(SamSP(other)) == prefix_digest(model)  # the compiled prefix is reused too
+    weights = dict(model.image_encoder.named_parameters())
+    with torch.no_grad():  # a trained stage's weight is not the prefix's; a weight of the prefix names another file
+        weights["base_model.model.neck.0.weight"].add_(1e-3)
+        assert store_path(tmp_path, data, model, model.prefix_stages, recipe) == path
+        weights["base_model.model.patch_embed.seq.0.c.weight"].add_(1e-3)
+        assert store_path(tmp_path, data, model, model.prefix_stages, recipe) != path
+
+
 def test_a_vit_checkpoint_is_refused_for_litemedsam(tmp_path):
     wrong = tmp_path / "sam_vit_b.pth"
     torch.save(build_sam(get_backbone("tiny")).state_dict(), wrong)

@@ -134,12 +134,13 @@ class SamSP(PretrainedMixin, nn.Module):
             x = stage(x)
         return x
 
-    def frozen_weights(self) -> list[tuple[str, torch.Tensor]]:
-        """The image encoder's weights that never train, by name (LoRA adapters and trained stages left out): what
-        the frozen prefix computes with."""
-        trained = tuple(f"{stage}." for stage in self.trained_stages)
+    def prefix_weights(self, stop: int) -> list[tuple[str, torch.Tensor]]:
+        """The image encoder's weights the first `stop` stages compute with, by name: everything but the later
+        stages' (which may train, and whose names change with where LoRA sits). What a cached or compiled frozen
+        prefix is named by."""
+        later = tuple(f"{name}." for name, _ in self.backbone.stages(base_encoder(self.image_encoder))[stop:])
         state = base_encoder(self.image_encoder).state_dict()
-        return [(k, v) for k, v in sorted(state.items()) if "lora_" not in k and not k.startswith(trained)]
+        return [(k, v) for k, v in sorted(state.items()) if "lora_" not in k and not k.startswith(later)]
 
     def embed(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image embeddings from images (start=0) or from the output of the first `start` stages (a cached prefix),

@@ -31,8 +31,8 @@ def store_path(folder: Path, data: PreparedSet, model: SamSP, stop: int, recipe:
     for image, mask in zip(data.images, data.masks, strict=True):
         digest.update(image.numpy().tobytes())
         digest.update(mask.numpy().tobytes())
-    # adapters train; the pretrained weights under them are what the prefix computes with
-    update_digest(digest, ((n, t) for n, t in sorted(model.image_encoder.state_dict().items()) if "lora_" not in n))
+    # only the prefix's own weights, so runs that train the later stages differently share a file
+    update_digest(digest, model.prefix_weights(stop))
     return folder / f"{digest.hexdigest()[:32]}.safetensors"
 
 
