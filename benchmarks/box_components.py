@@ -21,21 +21,18 @@ import argparse
 import csv
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import markdown_table, paired_interval, write_section
+from common import logits_dice, markdown_table, paired_interval, write_section
 from scipy import ndimage
 
 from samsp import SamSP
 from samsp.data.pairs import find_pairs
 from samsp.data.splits import read_csv_pairs, read_id_list, select
 from samsp.evaluation.evaluate import EvalSet, load_eval_set, prefix_features
-from samsp.evaluation.metrics import image_metrics
-from samsp.inference.preprocess import postprocess
 from samsp.modeling.prompts import boxes_from_masks, full_boxes, valid_region
 
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -48,6 +45,7 @@ RULES = {  # name -> (which pass-0 blobs give the box, which blobs of the final 
     f">= {RATIO} x largest, final too": ("ratio", "ratio"),
     "all, final largest only": ("all", "largest"),
 }
+HEADER = ["rule", "images", "mDice", "minus all: mean [95% interval]"]
 
 
 def kept_blobs(mask: np.ndarray, logits: np.ndarray, rule: str) -> np.ndarray:
@@ -73,7 +71,7 @@ def score_rules(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str, l
         sys.exit("this screen compares the box of one self-prompting iteration; the model runs another number")
     model.eval()
     size = model.backbone.img_size
-    cut = math.log(model.config.threshold / (1 - model.config.threshold))
+    cut = model.config.threshold_logit
     features = prefix_features(model, data) if model.prefix_stages > 0 else data.inputs
     dice: dict[str, list[float]] = {name: [] for name in RULES}
     for start in range(0, len(data.ids), batch_size):
@@ -82,7 +80,8 @@ def score_rules(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str, l
         valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]])
         trained = model.decoder_passes(emb, valid, 1, fused)
         pass0 = trained.logits[0]
-        mask = ((pass0 > cut) & valid_region(valid, size)).numpy()
+        inside = valid_region(valid, size)
+        mask = ((pass0 > cut) & inside).numpy()
         for name, (box_rule, final_rule) in RULES.items():
             chosen = np.stack([kept_blobs(m, p, box_rule) for m, p in zip(mask, pass0.numpy(), strict=True)])
             box, empty = boxes_from_masks(torch.from_numpy(chosen))
@@ -94,11 +93,10 @@ def score_rules(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str, l
             for i, k in enumerate(range(start, stop)):
                 final = logits[i]
                 if final_rule != "all":
-                    m = (final > cut) & valid_region(valid[i : i + 1], size)[0]
+                    m = (final > cut) & inside[i]
                     keep = torch.from_numpy(kept_blobs(m.numpy(), final.numpy(), final_rule))
                     final = torch.where(m & ~keep, torch.full_like(final, -20.0), final)
-                probability = torch.sigmoid(postprocess(final, data.frames[k])).numpy()
-                dice[name].append(image_metrics(probability, data.gts[k])["dice"])
+                dice[name].append(logits_dice(final, data.frames[k], data.gts[k]))
         logging.info("%d/%d images", stop, len(data.ids))
     return dice
 
@@ -140,7 +138,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.pool:
         rows = pooled(args.pool)
-        table = markdown_table(["rule", "images", "mDice", "minus all: mean [95% interval]"], rows)
+        table = markdown_table(HEADER, rows)
         print(table)
         if args.section:
             models = ", ".join(json.loads((f / "summary.json").read_text())["model"] for f in args.pool)
@@ -158,7 +156,7 @@ def main() -> None:
         writer.writerows([i, *(f"{dice[name][k]:.6f}" for name in RULES)] for k, i in enumerate(data.ids))
     summary = {name: float(np.mean(values)) for name, values in dice.items()}
     (args.out / "summary.json").write_text(json.dumps({"model": str(args.model), "mDice": summary}, indent=1))
-    print(markdown_table(["rule", "images", "mDice", "minus all: mean [95% interval]"], pooled([args.out])))
+    print(markdown_table(HEADER, pooled([args.out])))
 
 
 if __name__ == "__main__":

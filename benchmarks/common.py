@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from samsp.evaluation.metrics import image_metrics
+from samsp.inference.preprocess import Frame, postprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SAMSP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
@@ -86,6 +89,11 @@ def paired_interval(diff: np.ndarray) -> tuple[float, float, float]:
 
     ci = stats.bootstrap((diff,), np.mean, n_resamples=10_000, method="percentile", random_state=0)
     return float(diff.mean()), float(ci.confidence_interval.low), float(ci.confidence_interval.high)
+
+
+def logits_dice(logits: torch.Tensor, frame: Frame, gt: np.ndarray) -> float:
+    """Dice of one image's input-frame logits (S, S) against its ground truth at the original size."""
+    return image_metrics(torch.sigmoid(postprocess(logits, frame)).numpy(), gt)["dice"]
 
 
 def read_per_image_dice(path: Path) -> dict[str, float]:

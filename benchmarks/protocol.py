@@ -27,7 +27,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-from common import ROOT, SHARED, markdown_table, paired_interval, read_per_image_dice, write_section
+from common import ROOT, SHARED, logits_dice, markdown_table, paired_interval, read_per_image_dice, write_section
 from scipy import ndimage
 
 from samsp import SamSP, train
@@ -210,10 +210,10 @@ def diagnose(
                 {
                     "id": data.ids[k],
                     "dice": image_metrics(final, gt)["dice"],
-                    "dice_pass0": _dice(out.logits[0][i], frame, gt),
-                    "dice_gt_box": _dice(oracle[i], frame, gt),
-                    "dice_pretrained_gt_box": _dice(pretrained_gt[i], frame, gt),
-                    "dice_pretrained_own_box": _dice(pretrained_own[i], frame, gt),
+                    "dice_pass0": logits_dice(out.logits[0][i], frame, gt),
+                    "dice_gt_box": logits_dice(oracle[i], frame, gt),
+                    "dice_pretrained_gt_box": logits_dice(pretrained_gt[i], frame, gt),
+                    "dice_pretrained_own_box": logits_dice(pretrained_own[i], frame, gt),
                     "box_iou": _box_iou(own_box[i], gt_box[i]),
                     "empty_pass0": bool(out.fallback[i]),
                     "gt_polyps": int(gt_parts),
@@ -223,10 +223,6 @@ def diagnose(
             probs.append(final)
             drawings.append({"box": own_box[i].numpy(), "gt_box": gt_box[i].numpy(), "frame": frame})
     return rows, probs, drawings
-
-
-def _dice(logits: torch.Tensor, frame, gt: np.ndarray) -> float:
-    return image_metrics(torch.sigmoid(postprocess(logits, frame)).numpy(), gt)["dice"]
 
 
 def _box_iou(a: torch.Tensor, b: torch.Tensor) -> float:

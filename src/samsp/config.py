@@ -10,6 +10,7 @@ config that the run folder records. This module knows nothing of the model or of
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -71,6 +72,11 @@ class ModelConfig:
             raise SamspError(
                 "model.box_decoder needs a self-prompting pass to run (model.self_prompt, iterations >= 1)"
             )
+
+    @property
+    def threshold_logit(self) -> float:
+        """`threshold` on the logit scale: a pass's mask is its logits above this."""
+        return math.log(self.threshold / (1 - self.threshold))
 
     @property
     def inference_iterations(self) -> int:

@@ -8,7 +8,6 @@ that a frozen prefix can be computed once and cached (see `prefix_stages`), whic
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -219,7 +218,7 @@ class SamSP(PretrainedMixin, nn.Module):
         logits, scores = self.decode(embeddings, None, fused)
         passes, boxes = [logits], []
         fallback = torch.zeros(b, dtype=torch.bool, device=embeddings.device)
-        cut = math.log(self.config.threshold / (1 - self.config.threshold))
+        cut = self.config.threshold_logit
         for k in range(iterations):
             with torch.no_grad():
                 mask = (passes[-1] > cut) & valid_region(valid_hw, size)
