@@ -17,22 +17,15 @@ writes it to BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-from common import logits_dice, markdown_table, paired_interval, write_section
+from common import embedded_batches, logits_dice, model_screen
 from scipy import ndimage
 
 from samsp import SamSP
-from samsp.data.pairs import find_pairs
-from samsp.data.splits import read_csv_pairs, read_id_list, select
-from samsp.evaluation.evaluate import EvalSet, load_eval_set, prefix_features
+from samsp.evaluation.evaluate import EvalSet
 from samsp.modeling.prompts import boxes_from_masks, full_boxes, valid_region
 
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -45,7 +38,6 @@ RULES = {  # name -> (which pass-0 blobs give the box, which blobs of the final 
     f">= {RATIO} x largest, final too": ("ratio", "ratio"),
     "all, final largest only": ("all", "largest"),
 }
-HEADER = ["rule", "images", "mDice", "minus all: mean [95% interval]"]
 
 
 def kept_blobs(mask: np.ndarray, logits: np.ndarray, rule: str) -> np.ndarray:
@@ -69,15 +61,10 @@ def score_rules(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str, l
     """Per-image Dice of the prompted pass under each rule of RULES (the model's one self-prompting iteration)."""
     if model.config.inference_iterations != 1 or not model.config.self_prompt:
         sys.exit("this screen compares the box of one self-prompting iteration; the model runs another number")
-    model.eval()
     size = model.backbone.img_size
     cut = model.config.threshold_logit
-    features = prefix_features(model, data) if model.prefix_stages > 0 else data.inputs
     dice: dict[str, list[float]] = {name: [] for name in RULES}
-    for start in range(0, len(data.ids), batch_size):
-        stop = min(start + batch_size, len(data.ids))
-        emb, fused = model.embed(torch.stack(features[start:stop]), model.prefix_stages)
-        valid = torch.tensor([f.resized_hw for f in data.frames[start:stop]])
+    for batch, valid, emb, fused in embedded_batches(model, data, batch_size):
         trained = model.decoder_passes(emb, valid, 1, fused)
         pass0 = trained.logits[0]
         inside = valid_region(valid, size)
@@ -90,73 +77,18 @@ def score_rules(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str, l
             logits = torch.where(empty[:, None, None], trained.logits[-1], logits)  # no blob: as trained
             if name == "all" and not torch.allclose(logits, trained.logits[-1], atol=1e-4):
                 sys.exit("the 'all' rule does not reproduce the model's own prompted pass")
-            for i, k in enumerate(range(start, stop)):
+            for i, k in enumerate(batch):
                 final = logits[i]
                 if final_rule != "all":
                     m = (final > cut) & inside[i]
                     keep = torch.from_numpy(kept_blobs(m.numpy(), final.numpy(), final_rule))
                     final = torch.where(m & ~keep, torch.full_like(final, -20.0), final)
                 dice[name].append(logits_dice(final, data.frames[k], data.gts[k]))
-        logging.info("%d/%d images", stop, len(data.ids))
     return dice
 
 
-def read_scores(folder: Path) -> dict[str, dict[str, float]]:
-    """Rule -> image id -> Dice, from a folder this script wrote."""
-    with (folder / "per_image.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return {name: {r["id"]: float(r[name]) for r in rows} for name in RULES}
-
-
-def pooled(folders: list[Path]) -> list[list]:
-    """Per rule: mean Dice and the paired difference from "all", each image averaged over the folders holding it."""
-    scores = [read_scores(f) for f in folders]
-    ids = sorted({i for s in scores for i in s["all"]})
-
-    def averaged(name: str) -> np.ndarray:
-        return np.array([np.mean([s[name][i] for s in scores if i in s[name]]) for i in ids])
-
-    base = averaged("all")
-    rows = []
-    for name in RULES:
-        values = averaged(name)
-        mean, low, high = paired_interval(values - base)
-        rows.append([name, len(ids), float(values.mean()), f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"])
-    return rows
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, help="a trained model folder")
-    parser.add_argument("--data", type=Path, help="a folder with images/ and masks/, or a pairs CSV")
-    parser.add_argument("--ids", type=Path, help="the image ids to score (validation ids, never test)")
-    parser.add_argument("--out", type=Path, help="where per_image.csv and summary.json go")
-    parser.add_argument("--pool", type=Path, nargs="*", help="print the comparison pooled over these --out folders")
-    parser.add_argument("--section", help="with --pool: the BENCHMARKS.md section the pooled table replaces")
-    parser.add_argument("--title", default="Which pass-0 blobs give the self-prompt box", help="that section's heading")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.pool:
-        rows = pooled(args.pool)
-        table = markdown_table(HEADER, rows)
-        print(table)
-        if args.section:
-            models = ", ".join(json.loads((f / "summary.json").read_text())["model"] for f in args.pool)
-            write_section(args.section, f"## {args.title}\n\nModels: {models}.\n\n{table}")
-        return
-    pairs = read_csv_pairs(args.data) if args.data.suffix == ".csv" else find_pairs(args.data)
-    pairs = select(pairs, read_id_list(args.ids), str(args.ids))
-    model = SamSP.from_pretrained(args.model)
-    data = load_eval_set(pairs, model)
-    dice = score_rules(model, data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "per_image.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", *RULES])
-        writer.writerows([i, *(f"{dice[name][k]:.6f}" for name in RULES)] for k, i in enumerate(data.ids))
-    summary = {name: float(np.mean(values)) for name, values in dice.items()}
-    (args.out / "summary.json").write_text(json.dumps({"model": str(args.model), "mDice": summary}, indent=1))
-    print(markdown_table(HEADER, pooled([args.out])))
+    model_screen(__doc__, "Which pass-0 blobs give the self-prompt box", score_rules, "all", "rule")
 
 
 if __name__ == "__main__":
