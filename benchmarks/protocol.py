@@ -68,6 +68,12 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
         *PASS0_DICE,
         "model.lora_targets=attn.qkv,attn.proj,mlp.fc1,mlp.fc2",
     ],
+    # the recipes' failures are shared across seeds and recipes (wrong structure found): the adapted stage trains in
+    # full (with the neck, as strategy full has it) instead of through LoRA adapters; same cached prefix
+    "SAM-SP + pass-0 Dice + last stage trained in full": [*PASS0_DICE, "model.strategy=full", "model.adapt_stages=1"],
+    # the adapted stage moves further in the same epochs: LoRA's learning rate 1e-3 (SAMed-like adapters learn faster
+    # than the pretrained decoder should), the prompt encoder and decoder kept at 3e-4 (decoder_lr_scale 0.3)
+    "SAM-SP + pass-0 Dice + LoRA LR 1e-3": [*PASS0_DICE, "optim.lr=0.001", "optim.decoder_lr_scale=0.3"],
     # pass 0 delineates worse than the pretrained decoder given a box (diagnosis): HQ-SAM's early-feature fusion, a
     # frozen stage's output added to the decoder's mask features (model.fusion_stage). layers.2 is the last-stage
     # recipe's cached prefix output (no new cache, no extra encoder work); layers.1 is Light HQ-SAM's TinyViT choice
