@@ -96,9 +96,14 @@ def paired_interval(diff: np.ndarray) -> tuple[float, float, float]:
     return float(diff.mean()), float(ci.confidence_interval.low), float(ci.confidence_interval.high)
 
 
+def logits_probability(logits: torch.Tensor, frame: Frame) -> np.ndarray:
+    """One image's input-frame logits (S, S) as a probability map at its original size."""
+    return torch.sigmoid(postprocess(logits, frame)).numpy()
+
+
 def logits_dice(logits: torch.Tensor, frame: Frame, gt: np.ndarray) -> float:
     """Dice of one image's input-frame logits (S, S) against its ground truth at the original size."""
-    return image_metrics(torch.sigmoid(postprocess(logits, frame)).numpy(), gt)["dice"]
+    return image_metrics(logits_probability(logits, frame), gt)["dice"]
 
 
 def pooled_against(folders: list[Path], columns: list[str], base: str) -> list[list]:

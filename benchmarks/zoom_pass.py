@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from common import embedded_batches, model_screen
+from common import embedded_batches, logits_probability, model_screen
 
 from samsp import SamSP
 from samsp.data.io import read_image
 from samsp.evaluation.evaluate import EvalSet
 from samsp.evaluation.metrics import image_metrics
-from samsp.inference.preprocess import Frame, postprocess, preprocess
+from samsp.inference.preprocess import Frame, preprocess
 
 MARGINS = (0.25, 0.5)
 MODES = ("box", "passes", "mean")
@@ -78,7 +78,7 @@ def pasted(crop_logits: torch.Tensor, frame: Frame, window: Window, hw: tuple[in
     """A crop's input-frame logits (S, S) as a probability map of the whole image, background outside the crop."""
     prob = np.zeros(hw, dtype=np.float32)
     x0, y0, x1, y1 = window
-    prob[y0:y1, x0:x1] = torch.sigmoid(postprocess(crop_logits, frame)).numpy()
+    prob[y0:y1, x0:x1] = logits_probability(crop_logits, frame)
     return prob
 
 
@@ -110,9 +110,9 @@ def score_variants(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str
         gt_full, _ = model.decode(emb, data.gt_boxes[batch.start : batch.stop, None, :], fused)
         for i, k in enumerate(batch):
             frame, gt = data.frames[k], data.gts[k]
-            full = torch.sigmoid(postprocess(final[i], frame)).numpy()
+            full = logits_probability(final[i], frame)
             image = read_image(data.images[k])
-            scores = {TRAINED: full, GT_FULL: torch.sigmoid(postprocess(gt_full[i], frame)).numpy()}
+            scores = {TRAINED: full, GT_FULL: logits_probability(gt_full[i], frame)}
             gt_box = tight_box(gt)
             scores[GT_ZOOM] = Zoom(model, image, crop_window(gt_box, 0.25, gt.shape)).box(gt_box)
             box = tight_box(full > model.config.threshold)
@@ -122,12 +122,12 @@ def score_variants(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str
                     continue
                 zoom = Zoom(model, image, crop_window(box, margin, gt.shape))
                 boxed = zoom.box(box)
-                inside = np.zeros(gt.shape, dtype=bool)
                 x0, y0, x1, y1 = zoom.window
-                inside[y0:y1, x0:x1] = True
+                mean = full.copy()
+                mean[y0:y1, x0:x1] = (full[y0:y1, x0:x1] + boxed[y0:y1, x0:x1]) / 2
                 scores[f"zoom {margin}, box"] = boxed
                 scores[f"zoom {margin}, passes"] = zoom.passes()
-                scores[f"zoom {margin}, mean"] = np.where(inside, (full + boxed) / 2, full)
+                scores[f"zoom {margin}, mean"] = mean
             for name in VARIANTS:
                 dice[name].append(image_metrics(scores[name], gt)["dice"])
     return dice
