@@ -180,3 +180,43 @@ def test_a_training_run_caches_the_prefix_with_the_engine_it_names(tmp_path, mon
 )
 def test_a_compiled_prefix_computes_in_bf16_only_for_a_bf16_run_that_openvino_can_run(engine, precision, graph):
     assert graph_precision(engine, precision) == graph
+
+
+def test_batches_augmented_on_the_fly_carry_the_compiled_prefix_of_their_own_images(tmp_path):
+    """With nothing cached, each augmented batch's frozen prefix is computed by the graph from exactly the images the
+    plain on-the-fly batches hold (same seed, same augmentation), and the image itself no longer travels."""
+    from samsp.data.pairs import find_pairs
+    from samsp.data.prepared import PreparedSet
+    from samsp.data.transforms import build_augment
+    from samsp.training.batches import Batches
+
+    model = tiny(adapt_stages=1).eval()
+    data = PreparedSet(find_pairs(make_dataset(tmp_path, n=5)), model.backbone, build_augment(True))
+    common = {"seed": 3, "batch_size": 2, "device": CPU, "dtype": torch.float32}
+    plain = list(Batches(data, None, 1, **common).epoch(1))
+    encoded = list(Batches(data, None, 1, prefix=prefix_encoder(model, "openvino"), **common).epoch(1))
+    assert len(encoded) == len(plain) == 3
+    for p, e in zip(plain, encoded, strict=True):
+        assert "image" not in e and torch.equal(p["mask"], e["mask"]) and torch.equal(p["valid_hw"], e["valid_hw"])
+        assert torch.allclose(e["features"], model.encode_prefix(p["image"]), atol=1e-4, rtol=1e-4)
+
+
+def test_an_uncached_run_encodes_every_batch_with_the_compiled_prefix_and_stores_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(prefix_graph, "_COMPILED", {})
+    data = make_dataset(tmp_path / "data", n=8)
+    store = tmp_path / "features"
+    overrides = [
+        "model.backbone=tiny",
+        "model.adapt_stages=1",
+        "optim.epochs=1",
+        "runtime.mixed_precision=no",
+        "runtime.cache=false",
+        "runtime.prefix_engine=openvino",
+        f"runtime.cache_dir={store}",
+    ]
+    run = train(data=str(data), out=tmp_path / "run", overrides=overrides)
+    log = (run / "train.log").read_text()
+    assert "prefix engine = openvino (set); nothing is cached, so it encodes every batch" in log
+    assert "compiled the frozen encoder prefix (2 stages) for openvino, fp32" in log
+    assert "cached the frozen encoder prefix" not in log and not store.exists()
+    assert (run / "best").is_dir()

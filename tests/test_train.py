@@ -198,6 +198,20 @@ def test_a_cpu_budget_trains_the_neck_unless_the_adaptation_is_set(overrides, st
         assert (on_gpu.model.strategy, on_gpu.model.adapt_stages) == ("lora", None)
 
 
+def test_the_cpu_adaptation_note_says_whether_the_frozen_prefix_is_cached():
+    """The log line that names the adapted stages must not claim a cache that `runtime.cache=false` turned off."""
+    from samsp.config import load_config
+    from samsp.training.hardware import resolve_auto
+
+    for cache, said in [("auto", "is computed once per image and cached"), ("false", "runs every step")]:
+        config = load_config(
+            None, ["model.backbone=tiny", "runtime.mixed_precision=no", "optim.epochs=2", f"runtime.cache={cache}"]
+        )
+        _, notes = resolve_auto(config, torch.device("cpu"))
+        adapting = [n for n in notes if n.startswith("CPU: adapting the last")]
+        assert len(adapting) == 1 and said in adapting[0], notes
+
+
 def test_a_budgeted_cpu_run_records_and_logs_its_neck_recipe(dataset, tmp_path):
     run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.time_budget_min=1e-4"])
     recorded = load_config(run / "config.yaml").model

@@ -1,6 +1,7 @@
 """Training batches: the frozen encoder prefix cached once per image (and per augmented view), or images
-augmented on the fly; the order and augmentation of every epoch depend only on (seed, epoch), so a resumed run
-sees exactly the batches a straight run would.
+augmented on the fly (their prefix features computed per batch by a compiled prefix when one is given); the order and
+augmentation of every epoch depend only on (seed, epoch), so a resumed run sees exactly the batches a straight run
+would.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..data.prepared import PreparedSet, collate
-from ..inference.prefix_graph import prefix_encoder
+from ..inference.prefix_graph import PrefixEncoder, prefix_encoder
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
 from . import feature_flips, feature_store
@@ -25,7 +26,11 @@ _PREFIX_MEMO_SIZE = 2
 
 
 class Batches:
-    """Seeded batches of training samples: cached prefix features, or images augmented on the fly."""
+    """Seeded batches of training samples: cached prefix features, or images augmented on the fly.
+
+    With `model` the frozen prefix is cached; without it, `prefix` (a compiled prefix, `prefix_encoder`) turns each
+    on-the-fly batch's images into its prefix features, outside autograd, and None leaves the images to the model.
+    """
 
     def __init__(
         self,
@@ -45,12 +50,14 @@ class Batches:
         engine: str = "torch",
         precision: str = "fp32",
         flips: float = 0.0,
+        prefix: PrefixEncoder | None = None,
     ):
         self.data, self.seed, self.batch_size, self.device, self.workers = data, seed, batch_size, device, workers
         self.rank, self.world = rank, world
         self.store, self.augment_setting, self.engine = store, augment_setting, engine
         self.precision = precision  # what a compiled prefix computes in (`graph_precision`)
         self.flips = flips  # probability of each mirror flip of a cached sample (feature_flips)
+        self.prefix = prefix if model is None else None
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
@@ -144,7 +151,11 @@ class Batches:
                 samples, batch_size=self.batch_size, num_workers=self.workers, collate_fn=collate
             )
             for batch in loader:
-                yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                if self.prefix is not None:
+                    with torch.no_grad():
+                        batch["features"] = self.prefix(batch.pop("image"))
+                yield batch
             return
         views = len(self.features[0])
         for start in range(0, len(order), self.batch_size):

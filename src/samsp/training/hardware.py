@@ -49,10 +49,12 @@ def resolve_auto(config: TrainConfig, device: torch.device) -> tuple[TrainConfig
             )
         elif cpu:
             model = dataclasses.replace(model, adapt_stages=1 if model.backbone == "litemedsam" else 2)
-            notes.append(
-                f"CPU: adapting the last {model.adapt_stages} encoder stage(s) only; the frozen rest is computed "
-                "once per image and cached"
+            rest = (
+                "runs every step (runtime.cache is off)"
+                if runtime.cache is False
+                else "is computed once per image and cached"
             )
+            notes.append(f"CPU: adapting the last {model.adapt_stages} encoder stage(s) only; the frozen rest {rest}")
         else:
             model = dataclasses.replace(model, adapt_stages=None)
             notes.append("GPU: adapting every encoder stage")

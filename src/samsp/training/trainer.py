@@ -30,7 +30,7 @@ from ..data.splits import write_split
 from ..data.transforms import build_augment
 from ..errors import Preempted, SamspError
 from ..files import remove_stale_temporaries, write_text_atomic
-from ..inference.prefix_graph import choose_prefix_engine, graph_precision
+from ..inference.prefix_graph import choose_prefix_engine, graph_precision, prefix_encoder
 from ..modeling.backbones import get_backbone
 from ..modeling.card import training_data
 from ..modeling.losses import samsp_loss
@@ -167,8 +167,10 @@ class Trainer:
         engine, why = choose_prefix_engine(
             runtime.prefix_engine, self.device, precision, len(train_set) * views + len(val_set)
         )
-        if use_cache:
-            self.notes.append(why)
+        # nothing cached: a compiled prefix still computes each batch's frozen part (the images are augmented anew)
+        per_batch = not use_cache and model.prefix_stages > 0 and engine != "torch"
+        if use_cache or per_batch:
+            self.notes.append(why + ("; nothing is cached, so it encodes every batch" if per_batch else ""))
         started = time.perf_counter()
         common = {
             "batch_size": self.config.optim.batch_size,
@@ -180,6 +182,7 @@ class Trainer:
             "engine": engine,
             "precision": graph_precision(engine, precision),
         }
+        prefix = prefix_encoder(model, engine, common["precision"]) if per_batch else None
         # every process holds the whole training cache (each epoch deals it out anew); validation is split
         flips = data.cached_flips if augment is not None and use_cache else 0.0
         if data.cached_flips and not flips:
@@ -194,9 +197,10 @@ class Trainer:
             world=world,
             workers=runtime.workers,
             flips=flips,
+            prefix=prefix,
             **common,
         )
-        self.val_batches = Batches(val_set, cacher, 1, runtime.seed, **common)
+        self.val_batches = Batches(val_set, cacher, 1, runtime.seed, prefix=prefix, **common)
         if use_cache:
             log.info(
                 "cached the frozen encoder prefix (%d of %d stages) for %d images x %d view(s) in %.0f s",
@@ -453,16 +457,19 @@ class Trainer:
         return len(self.val_pairs) * step_s / max(1, self.config.optim.batch_size) / 3
 
     def step_seconds(self, batches: Batches) -> float:
-        """Seconds per training step on `batches`, timed on a throw-away copy so the real run starts untouched."""
+        """Seconds per training step on `batches`, timed on a throw-away copy so the real run starts untouched; a step's
+        time includes making its batch (augmenting and encoding it, when nothing is cached)."""
         probe = copy.deepcopy(self.model)
         probe.train()
         optimizer, scheduler = make_optimizer(probe, self.config.optim, 100)
         times: list[float] = []
         while len(times) < 3:  # the first step warms up; a one-batch set is run again
+            start = time.perf_counter()
             for batch in batches.epoch(-1):
-                start = time.perf_counter()
                 _step(probe, batch, self.config, optimizer, scheduler, self.accelerator)
-                times.append(time.perf_counter() - start)
+                now = time.perf_counter()
+                times.append(now - start)
+                start = now
                 if len(times) >= 3:
                     break
         return min(times[1:])
