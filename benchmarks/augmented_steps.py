@@ -67,8 +67,7 @@ def stepper(way: str, pairs: list, batch_size: int, autocast, graph: str):
     data = PreparedSet(pairs, model.backbone, None if cached else build_augment(True))
     common = {"seed": 0, "batch_size": batch_size, "device": torch.device("cpu"), "dtype": torch.float32}
     if cached:
-        with autocast():
-            batches = Batches(data, model, 1, autocast=autocast, engine="openvino", precision=graph, **common)
+        batches = Batches(data, model, 1, autocast=autocast, engine="openvino", precision=graph, **common)
         if "bf16" in way:
             frozen_weights_to_bf16(model)
     else:
