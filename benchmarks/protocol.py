@@ -75,8 +75,8 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # than the pretrained decoder should), the prompt encoder and decoder kept at 3e-4 (decoder_lr_scale 0.3)
     "SAM-SP + pass-0 Dice + LoRA LR 1e-3": [*PASS0_DICE, "optim.lr=0.001", "optim.decoder_lr_scale=0.3"],
     # a cached run trains on the same un-augmented features every epoch, and the model does not transfer to other
-    # framings (zoom-pass screen); the GPU rows, which scale with epochs, augment every image: the whole encoder runs
-    # each step (no prefix cache) so data.augment's flips, rotations, affine and colour reach every epoch
+    # framings (zoom-pass screen); the GPU rows, which scale with epochs, augment every image: nothing is cached, the
+    # frozen prefix is computed per batch (by the compiled graph on a CPU), so data.augment reaches every epoch
     "SAM-SP + pass-0 Dice + images augmented on the fly": [*PASS0_DICE, "runtime.cache=false"],
     # pass 0 delineates worse than the pretrained decoder given a box (diagnosis): HQ-SAM's early-feature fusion, a
     # frozen stage's output added to the decoder's mask features (model.fusion_stage). layers.2 is the last-stage

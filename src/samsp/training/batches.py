@@ -57,7 +57,7 @@ class Batches:
         self.store, self.augment_setting, self.engine = store, augment_setting, engine
         self.precision = precision  # what a compiled prefix computes in (`graph_precision`)
         self.flips = flips  # probability of each mirror flip of a cached sample (feature_flips)
-        self.prefix = prefix if model is None else None
+        self.prefix = prefix  # used only for batches made on the fly (no model: nothing cached)
         self.features: list[list[torch.Tensor]] | None = None
         self.items: list[list[dict]] = []
         if model is not None:
