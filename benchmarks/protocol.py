@@ -48,6 +48,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 PAPER_LOSS = ["loss.dice_first_pass=false"]  # Dice on the last pass + self-distillation, as the paper has it
 PASS0_DICE = ["loss.dice_first_pass=true"]  # samsp's default recipe since it won the comparison below on validation
 NECK_ONLY = [*PASS0_DICE, "model.strategy=full", "model.adapt_stages=0"]  # encoder body frozen, its neck trains
+AUGMENTED = [*PASS0_DICE, "runtime.cache=false"]  # data.augment on every image every epoch, nothing cached
 ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP": PAPER_LOSS,
     "SAMed-style one pass": ["model.self_prompt=false"],
@@ -77,14 +78,10 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # a cached run trains on the same un-augmented features every epoch, and the model does not transfer to other
     # framings (zoom-pass screen); the GPU rows, which scale with epochs, augment every image: nothing is cached, the
     # frozen prefix is computed per batch (by the compiled graph on a CPU), so data.augment reaches every epoch
-    "SAM-SP + pass-0 Dice + images augmented on the fly": [*PASS0_DICE, "runtime.cache=false"],
+    "SAM-SP + pass-0 Dice + images augmented on the fly": AUGMENTED,
     # augmented epochs may keep gaining where cached ones stop (the GPU rows gained from 4 to 15 epochs): the epochs an
     # augmented run fits in most of the 2-hour CPU budget, against the cached recipe's 3 (its own optim.epochs wins)
-    "SAM-SP + pass-0 Dice + images augmented on the fly, 6 epochs": [
-        *PASS0_DICE,
-        "runtime.cache=false",
-        "optim.epochs=6",
-    ],
+    "SAM-SP + pass-0 Dice + images augmented on the fly, 6 epochs": [*AUGMENTED, "optim.epochs=6"],
     # pass 0 delineates worse than the pretrained decoder given a box (diagnosis): HQ-SAM's early-feature fusion, a
     # frozen stage's output added to the decoder's mask features (model.fusion_stage). layers.2 is the last-stage
     # recipe's cached prefix output (no new cache, no extra encoder work); layers.1 is Light HQ-SAM's TinyViT choice
@@ -520,6 +517,9 @@ def report(out: Path, args: argparse.Namespace) -> None:
         if args.minutes
         else f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
     )
+    own = [f"{n}: {o.split('=', 1)[1]}" for n in names for o in ROWS[n] if o.startswith("optim.epochs=")]
+    if own:  # a row's own optim.epochs comes after the budget's overrides, so it wins
+        training += f" ({'; '.join(own)} epochs, set by the row)"
     if args.extra:
         training += f" ({', '.join(args.extra)} for every row)"
     n_train = len((out / "train_ids.txt").read_text().split())
