@@ -2,8 +2,9 @@
 
 A cached CPU run encodes the frozen prefix once and then trains on the same un-augmented features every epoch; a run
 that augments its images must compute the prefix again every step. This times, in one run on this CPU, a LoRA
-(last stage) training step of the trainer's own batches (`training.batches.Batches`: augmentation, prefix, model,
-SAM-SP loss, backward, AdamW) in each way a run can feed it:
+(last stage) training step, the trainer's own (`training.trainer.training_step`: model, SAM-SP loss, backward, AdamW
+and the schedule) on the trainer's own batches (`training.batches.Batches`: augmentation, prefix), in each way a run
+can feed it:
 
 - the cached prefix (no augmentation after caching), as the CPU default trains;
 - the same, with the frozen Linear and convolution weights stored in bf16, so autocast need not cast them again on
@@ -21,23 +22,24 @@ Prints and writes the "augmented-steps" section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import statistics
 import time
 
 import torch
+from accelerate import Accelerator
 from common import SHARED, markdown_table, write_section
 
 from samsp import ModelConfig, SamSP
-from samsp.config import LossConfig
+from samsp.config import TrainConfig
 from samsp.data import find_pairs
 from samsp.data.prepared import PreparedSet
 from samsp.data.transforms import build_augment
 from samsp.inference import prefix_graph
 from samsp.inference.onnx_runtimes import openvino_has_bf16
-from samsp.modeling.losses import samsp_loss
 from samsp.training.batches import Batches
-from samsp.training.trainer import model_inputs
+from samsp.training.schedule import make_optimizer
+from samsp.training.trainer import training_step
 
 WAYS = (
     "cached prefix (no augmentation)",
@@ -59,10 +61,13 @@ def frozen_weights_to_bf16(model: SamSP) -> int:
     return cast
 
 
-def stepper(way: str, pairs: list, batch_size: int, autocast, graph: str):
-    """A function that runs one training step of `way` (its own model and batches) and returns its seconds."""
+def stepper(way: str, pairs: list, config: TrainConfig, accelerator: Accelerator, graph: str):
+    """A function that runs one trainer step (`training.trainer.training_step`) of `way`, on its own model and
+    batches, and returns its seconds."""
     torch.manual_seed(0)
-    model = SamSP(ModelConfig(strategy="lora", adapt_stages=1)).train()
+    model = SamSP(config.model).train()
+    autocast = accelerator.autocast
+    batch_size = config.optim.batch_size
     cached = way.startswith("cached")
     data = PreparedSet(pairs, model.backbone, None if cached else build_augment(True))
     common = {"seed": 0, "batch_size": batch_size, "device": torch.device("cpu"), "dtype": torch.float32}
@@ -73,7 +78,7 @@ def stepper(way: str, pairs: list, batch_size: int, autocast, graph: str):
     else:
         prefix = prefix_graph.prefix_encoder(model, "openvino", graph) if "OpenVINO" in way else None
         batches = Batches(data, None, 1, prefix=prefix, **common)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer, scheduler = make_optimizer(model, config.optim, 1000)
     stream = iter(())
     epoch = 0
 
@@ -85,12 +90,7 @@ def stepper(way: str, pairs: list, batch_size: int, autocast, graph: str):
             epoch += 1
             stream = batches.epoch(epoch)
             batch = next(stream)
-        with autocast():
-            out = model(**model_inputs(batch), valid_hw=batch["valid_hw"])
-            loss, _ = samsp_loss(out.logits, batch["mask"], LossConfig(dice_first_pass=True))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        training_step(model, batch, config, optimizer, scheduler, accelerator)
         return time.perf_counter() - start
 
     return step
@@ -105,9 +105,11 @@ def main() -> None:
     args = parser.parse_args()
     bf16 = openvino_has_bf16()
     precision = "bf16" if bf16 else "fp32"
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no")
+    config = TrainConfig(model=ModelConfig(strategy="lora", adapt_stages=1))
+    config = dataclasses.replace(config, optim=dataclasses.replace(config.optim, batch_size=args.batch_size))
     pairs = find_pairs(SHARED / "kvasir-seg")[: args.images]
-    steps = {way: stepper(way, pairs, args.batch_size, autocast, precision) for way in WAYS}
+    steps = {way: stepper(way, pairs, config, accelerator, precision) for way in WAYS}
     times: dict[str, list[float]] = {way: [] for way in WAYS}
     for way in WAYS:  # warm-up: the first step of each way pays for allocations and the graph's first run
         steps[way]()
@@ -128,8 +130,9 @@ def main() -> None:
         [
             "## Training on images augmented every step: what a step costs (LiteMedSAM, LoRA on the last stage, CPU)",
             "",
-            f"One training step of {args.batch_size} images (the trainer's batches, two self-prompting passes, "
-            f"SAM-SP loss with pass-0 Dice, backward, AdamW), {precision} "
+            f"One training step of {args.batch_size} images (the trainer's batches and its `training_step`: two "
+            "self-prompting passes, SAM-SP loss with pass-0 Dice, backward, clipping, AdamW and the schedule), "
+            f"{precision} "
             f"({'autocast and a bf16 OpenVINO graph' if bf16 else 'no autocast, fp32 graph'}), 2 threads; "
             f"{args.images} Kvasir-SEG images; the four ways alternate step by step, {args.steps} timed steps each "
             "after a warm-up, and a step's time includes making its batch (augmenting it and, when nothing is "

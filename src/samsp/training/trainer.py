@@ -315,7 +315,7 @@ class Trainer:
 
     def train_step(self, batch: dict) -> dict:
         """Forward, SAM-SP loss, backward, clip, step; returns the loss parts as floats."""
-        return _step(self.model, batch, self.config, self.optimizer, self.scheduler, self.accelerator)
+        return training_step(self.model, batch, self.config, self.optimizer, self.scheduler, self.accelerator)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -466,7 +466,7 @@ class Trainer:
         while len(times) < 3:  # the first step warms up; a one-batch set is run again
             start = time.perf_counter()
             for batch in batches.epoch(-1):
-                _step(probe, batch, self.config, optimizer, scheduler, self.accelerator)
+                training_step(probe, batch, self.config, optimizer, scheduler, self.accelerator)
                 now = time.perf_counter()
                 times.append(now - start)
                 start = now
@@ -485,7 +485,9 @@ class Trainer:
         log.propagate = False
 
 
-def _step(model, batch: dict, config: TrainConfig, optimizer, scheduler, accelerator) -> dict:
+def training_step(model: SamSP, batch: dict, config: TrainConfig, optimizer, scheduler, accelerator) -> dict:
+    """One optimisation step on `batch`: the passes under autocast, the SAM-SP loss, backward, clipping, AdamW and
+    the schedule; returns the loss parts (and the share of images whose pass 0 fell back to the whole frame)."""
     with accelerator.autocast():
         prompts = None
         if config.loss.gt_box > 0:  # one more pass, prompted by the label's box
