@@ -66,13 +66,12 @@ def stepper(way: str, pairs: list, config: TrainConfig, accelerator: Accelerator
     batches, and returns its seconds."""
     torch.manual_seed(0)
     model = SamSP(config.model).train()
-    autocast = accelerator.autocast
     batch_size = config.optim.batch_size
     cached = way.startswith("cached")
     data = PreparedSet(pairs, model.backbone, None if cached else build_augment(True))
     common = {"seed": 0, "batch_size": batch_size, "device": torch.device("cpu"), "dtype": torch.float32}
     if cached:
-        batches = Batches(data, model, 1, autocast=autocast, engine="openvino", precision=graph, **common)
+        batches = Batches(data, model, 1, autocast=accelerator.autocast, engine="openvino", precision=graph, **common)
         if "bf16" in way:
             frozen_weights_to_bf16(model)
     else:

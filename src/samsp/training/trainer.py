@@ -485,9 +485,10 @@ class Trainer:
         log.propagate = False
 
 
-def training_step(model: SamSP, batch: dict, config: TrainConfig, optimizer, scheduler, accelerator) -> dict:
-    """One optimisation step on `batch`: the passes under autocast, the SAM-SP loss, backward, clipping, AdamW and
-    the schedule; returns the loss parts (and the share of images whose pass 0 fell back to the whole frame)."""
+def training_step(model: torch.nn.Module, batch: dict, config: TrainConfig, optimizer, scheduler, accelerator) -> dict:
+    """One optimisation step of a SamSP (wrapped by accelerate when several processes train) on `batch`: the passes
+    under autocast, the SAM-SP loss, backward, clipping, AdamW and the schedule; returns the loss parts (and the share
+    of images whose pass 0 fell back to the whole frame)."""
     with accelerator.autocast():
         prompts = None
         if config.loss.gt_box > 0:  # one more pass, prompted by the label's box
