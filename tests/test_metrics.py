@@ -36,6 +36,8 @@ def test_threshold_is_strictly_above_half():
     prob = gt * 0.5
     assert image_metrics(prob, gt)["dice"] == 0.0
     assert image_metrics(gt * 0.51, gt)["dice"] == 1.0
+    assert image_metrics(prob, gt, threshold=0.4)["dice"] == 1.0  # a model's own threshold
+    assert image_metrics(gt * 0.51, gt, threshold=0.6)["dice"] == 0.0
 
 
 def test_perfect_prediction():

@@ -1,5 +1,7 @@
 """The one prediction path: SamSP.predict, evaluation and `samsp predict` all go through Predictor."""
 
+import csv
+import dataclasses
 import logging
 
 import numpy as np
@@ -9,9 +11,11 @@ from helpers import make_dataset
 
 from samsp import ModelConfig, Predictor, SamSP
 from samsp.cli import main
-from samsp.data.io import read_image
+from samsp.data.io import read_image, read_pair
+from samsp.data.pairs import find_pairs
 from samsp.errors import SamspError
-from samsp.evaluation.evaluate import load_eval_set, predict_set
+from samsp.evaluation.evaluate import evaluate, load_eval_set, predict_set
+from samsp.evaluation.metrics import image_metrics
 from samsp.inference.predictor import flip_valid
 
 
@@ -38,22 +42,36 @@ def test_model_shortcuts_and_batching_give_what_the_predictor_gives(model, image
 
 def test_evaluation_predicts_through_the_same_path(model, tmp_path):
     data_dir = make_dataset(tmp_path / "d", n=3)
-    from samsp.data.pairs import find_pairs
-
     pairs = find_pairs(data_dir)
     data = load_eval_set(pairs, model)
-    from samsp.data.io import read_image
-
     direct = Predictor(model).predict_batch([read_image(p.image) for p in pairs])
     for prob, pred in zip(predict_set(model, data), direct, strict=True):
         assert np.allclose(prob, pred.probability, atol=1e-5)
+
+
+def test_evaluation_scores_the_masks_prediction_writes_at_the_models_threshold(model, tmp_path):
+    pairs = find_pairs(make_dataset(tmp_path / "d", n=3))
+    images, gts = zip(*(read_pair(p.image, p.mask) for p in pairs), strict=True)
+    probs = np.concatenate([p.probability.ravel() for p in Predictor(model).predict_batch(images)])
+    cut = float(np.quantile(probs, 0.7))  # a threshold inside this random model's maps, away from 0.5
+    assert abs(cut - 0.5) > 1e-3
+    moved = SamSP(dataclasses.replace(model.config, threshold=cut))
+    moved.load_state_dict(model.state_dict())
+    evaluate(moved, pairs, tmp_path / "ev")
+    with (tmp_path / "ev" / "per_image.csv").open(newline="") as handle:
+        scored = [float(row["dice"]) for row in csv.DictReader(handle)]
+    written = Predictor(moved).predict_batch(images)
+    at_cut = [image_metrics(p.mask.astype(np.float32), g)["dice"] for p, g in zip(written, gts, strict=True)]
+    at_half = [image_metrics(p.probability, g)["dice"] for p, g in zip(written, gts, strict=True)]
+    assert all(np.array_equal(p.mask, p.probability > cut) for p in written)
+    assert scored == pytest.approx(at_cut, abs=1e-6)
+    assert scored != pytest.approx(at_half, abs=1e-6)  # the threshold changed what was scored
 
 
 def test_evaluation_encodes_the_frozen_prefix_first_by_the_faster_engine(tmp_path, monkeypatch):
     """Prompt-free fp32 evaluation encodes the frozen prefix of all images first, by OpenVINO on a CPU when there are
     enough images to pay for compiling it: the maps the predictor gives from the images themselves."""
     pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
-    from samsp.data.pairs import find_pairs
     from samsp.evaluation import evaluate as evaluate_module
     from samsp.inference import prefix_graph
 

@@ -14,6 +14,7 @@ from ..data.io import read_pair
 from ..data.pairs import Pair, find_pairs
 from ..data.prepared import decode_all
 from ..errors import SamspError
+from ..inference.prediction import BatchPredictor
 from ..inference.predictor import Predictor
 from ..inference.prefix_graph import choose_prefix_engine, predictor_prefix_engine, prefix_encoder
 from ..inference.preprocess import Frame, mask_in_frame, preprocess
@@ -127,13 +128,16 @@ def evaluate(
     if not isinstance(data, EvalSet):
         data = load_eval_set(find_pairs(data) if isinstance(data, str | Path) else list(data), model)
     probs = probs if probs is not None else predict_set(model, data, **predict_kwargs)
-    rows = [{"id": i, **image_metrics(p, g)} for i, p, g in zip(data.ids, probs, data.gts, strict=True)]
+    cut = model.config.threshold  # the mask `samsp predict` writes
+    rows = [{"id": i, **image_metrics(p, g, cut)} for i, p, g in zip(data.ids, probs, data.gts, strict=True)]
     return write_report(rows, out_dir, title)
 
 
-def evaluate_predictor(predictor, pairs: Sequence[Pair], out_dir: str | Path, title: str = "samsp") -> dict:
-    """Score any engine with `predict_batch(images) -> [Prediction]` and a `batch_size` (the ONNX Runtime and
-    OpenVINO engines; `evaluate` is the faster path for a torch model) on labelled pairs, at original size.
+def evaluate_predictor(
+    predictor: BatchPredictor, pairs: Sequence[Pair], out_dir: str | Path, title: str = "samsp"
+) -> dict:
+    """Score any `BatchPredictor` (the ONNX Runtime and OpenVINO engines; `evaluate` is the faster path for a torch
+    model) on labelled pairs at original size, the overlap metrics on the masks it predicts (its `threshold`).
     Writes and returns what `evaluate` does; raises SamspError listing every unusable file."""
     loaded = decode_all(pairs, lambda pair: read_pair(pair.image, pair.mask))
     rows = []
@@ -142,5 +146,5 @@ def evaluate_predictor(predictor, pairs: Sequence[Pair], out_dir: str | Path, ti
         chunk = loaded[start : start + size]
         predictions = predictor.predict_batch([image for image, _ in chunk])
         for pair, prediction, (_, gt) in zip(pairs[start : start + size], predictions, chunk, strict=True):
-            rows.append({"id": pair.id, **image_metrics(prediction.probability, gt)})
+            rows.append({"id": pair.id, **image_metrics(prediction.probability, gt, predictor.threshold)})
     return write_report(rows, out_dir, title)

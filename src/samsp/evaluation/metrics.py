@@ -1,7 +1,8 @@
 """Per-image segmentation metrics and their dataset summary.
 
 Inputs: ``prob`` is an (H, W) float map in [0, 1]; ``gt`` is an (H, W) bool mask. Overlap metrics use the
-binary prediction ``prob > 0.5``.
+binary prediction ``prob > threshold`` (0.5 unless the caller passes the model's own ``model.threshold``, so a
+score describes the mask ``samsp predict`` writes).
 
 Conventions for empty masks (a polyp-free frame is legal):
   * both prediction and ground truth empty: Dice = IoU = precision = recall = 1, HD95 = 0;
@@ -84,15 +85,16 @@ def _sod_metrics(prob: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     }
 
 
-def image_metrics(prob: np.ndarray, gt: np.ndarray) -> dict[str, float]:
-    """All METRIC_NAMES for one image, plus pixel counts COUNT_NAMES for pooled scores."""
+def image_metrics(prob: np.ndarray, gt: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """All METRIC_NAMES for one image, plus pixel counts COUNT_NAMES for pooled scores; the overlap metrics and HD95
+    score the mask ``prob > threshold``."""
     prob = np.asarray(prob, dtype=np.float64)
     gt = np.asarray(gt, dtype=bool)
     if prob.shape != gt.shape or prob.ndim != 2:
         raise ValueError(f"prob and gt must be the same 2-D shape, got {prob.shape} and {gt.shape}")
     if prob.size and (prob.min() < 0 or prob.max() > 1):
         raise ValueError(f"prob must lie in [0, 1], got range [{prob.min()}, {prob.max()}]")
-    pred = prob > 0.5
+    pred = prob > threshold
     tp = int(np.count_nonzero(pred & gt))
     fp = int(np.count_nonzero(pred & ~gt))
     fn = int(np.count_nonzero(~pred & gt))

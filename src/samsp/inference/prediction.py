@@ -28,6 +28,7 @@ class BatchPredictor(Protocol):
     """Anything that segments a list of images `batch_size` at a time (`Predictor`, `OnnxPredictor`)."""
 
     batch_size: int
+    threshold: float  # a Prediction's mask is its probability above this
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]: ...
 

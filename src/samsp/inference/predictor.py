@@ -66,6 +66,11 @@ class Predictor:
             self.encode_prefix = prefix_encoder(model, prefix_engine, graph_precision(prefix_engine, precision))
             self.prefix_engine = prefix_engine
 
+    @property
+    def threshold(self) -> float:
+        """A Prediction's mask is its probability above this (`model.threshold`)."""
+        return self.model.config.threshold
+
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one HxWx3 uint8 RGB image (grayscale and RGBA are accepted)."""
         return self.predict_batch([image])[0]
@@ -112,7 +117,7 @@ class Predictor:
             with inference_precision(device, self.precision):
                 out = self.passes(x, valid, start_stage, fixed)
             for i, frame in enumerate(frames[start:stop]):
-                yield to_prediction(out, i, frame, self.model.config.threshold)
+                yield to_prediction(out, i, frame, self.threshold)
 
     def passes(
         self, x: torch.Tensor, valid_hw: torch.Tensor, start_stage: int = 0, boxes: torch.Tensor | None = None
