@@ -28,37 +28,37 @@ from samsp.evaluation.evaluate import EvalSet
 from samsp.evaluation.metrics import image_metrics
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-BASE = "0.5"
+BASE = 0.5  # the default, and the box's threshold in the "mask only" columns
 
 
 @torch.no_grad()
 def score_thresholds(model: SamSP, data: EvalSet, batch_size: int = 8) -> dict[str, list[float]]:
     """Per-image Dice with `model.threshold` at each of THRESHOLDS (box and mask), then with only the mask's moved."""
     trained = model.config
-    if trained.threshold != 0.5:
-        sys.exit(f"this screen compares thresholds against 0.5; the model was saved with {trained.threshold}")
-    both = {f"{t}": [] for t in THRESHOLDS}
-    mask_only = {f"{t} on the mask only (box at 0.5)": [] for t in THRESHOLDS if f"{t}" != BASE}
+    if trained.threshold != BASE:
+        sys.exit(f"this screen compares thresholds against {BASE}; the model was saved with {trained.threshold}")
+    both: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
+    mask_only: dict[float, list[float]] = {t: [] for t in THRESHOLDS if t != BASE}
     try:
         for batch, valid, emb, fused in embedded_batches(model, data, batch_size):
             for t in THRESHOLDS:
                 model.config = dataclasses.replace(trained, threshold=t)
                 final = model.decoder_passes(emb, valid, fused=fused).logits[-1]
-                for i, k in enumerate(batch):
-                    prob = logits_probability(final[i], data.frames[k])
-                    both[f"{t}"].append(image_metrics(prob, data.gts[k], t)["dice"])
-                    if f"{t}" == BASE:
-                        for u in THRESHOLDS:
-                            if f"{u}" != BASE:
-                                dice = image_metrics(prob, data.gts[k], u)["dice"]
-                                mask_only[f"{u} on the mask only (box at 0.5)"].append(dice)
+                probs = [(logits_probability(final[i], data.frames[k]), data.gts[k]) for i, k in enumerate(batch)]
+                both[t] += [image_metrics(prob, gt, t)["dice"] for prob, gt in probs]
+                if t == BASE:  # the box at BASE: score its final pass at every other mask threshold too
+                    for u, dice in mask_only.items():
+                        dice += [image_metrics(prob, gt, u)["dice"] for prob, gt in probs]
     finally:
         model.config = trained
-    return {**both, **mask_only}
+    return {
+        **{f"{t}": d for t, d in both.items()},
+        **{f"{u} on the mask only (box at {BASE})": d for u, d in mask_only.items()},
+    }
 
 
 def main() -> None:
-    model_screen(__doc__, "The probability threshold (model.threshold)", score_thresholds, BASE, "threshold")
+    model_screen(__doc__, "The probability threshold (model.threshold)", score_thresholds, f"{BASE}", "threshold")
 
 
 if __name__ == "__main__":
