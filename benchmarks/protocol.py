@@ -88,6 +88,9 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # (the prefix then stops a stage earlier, as with 2 adapted stages)
     "SAM-SP + pass-0 Dice + layers.2 fused into the decoder": [*PASS0_DICE, "model.fusion_stage=layers.2"],
     "SAM-SP + pass-0 Dice + layers.1 fused into the decoder": [*PASS0_DICE, "model.fusion_stage=layers.1"],
+    # two thirds of the validation gap is in the outlines of polyps pass 0 finds (per-blob screen): the box pass also
+    # gets pass 0's logits as SAM's dense mask prompt (model.mask_prompt), the input SAM's interactive passes refine
+    "SAM-SP + pass-0 Dice + pass-0 logits as a mask prompt too": [*PASS0_DICE, "model.mask_prompt=true"],
     # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops
     # its prefix two stages earlier
     "SAM-SP + pass-0 Dice, neck only + layers.3 fused into the decoder": [*NECK_ONLY, "model.fusion_stage=layers.3"],

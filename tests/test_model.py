@@ -241,6 +241,28 @@ def test_a_box_decoder_runs_the_prompted_passes_and_learns_apart_from_pass_0():
         ModelConfig(backbone="tiny", box_decoder=True, self_prompt=False)
 
 
+def test_a_mask_prompt_gives_each_box_pass_the_previous_logits_without_their_gradient():
+    plain, prompted = tiny(threshold=0.1, iterations=2).eval(), tiny(threshold=0.1, iterations=2, mask_prompt=True)
+    prompted = prompted.eval()
+    x = image_batch()
+    with torch.no_grad():
+        a, b = plain(images=x), prompted(images=x)
+        assert not b.fallback.any()  # the box-prompted passes ran
+        assert torch.equal(a.logits[0], b.logits[0])  # pass 0 has no prompt either way
+        assert not torch.allclose(a.logits[1], b.logits[1], atol=1e-4)  # the mask prompt reached the decoder
+        embeddings = prompted.embed(x)[0]
+        for k in (1, 2):  # pass k: the box of pass k-1's mask and pass k-1's logits, as SAM's dense prompt
+            again = prompted.decode(embeddings, b.boxes[k - 1][:, None, :], None, b.logits[k - 1])[0]
+            assert torch.allclose(again, b.logits[k], atol=1e-5)
+    own = tiny(threshold=0.1, mask_prompt=True, box_decoder=True).train()
+    own(images=x).logits[1].float().mean().backward()  # the box pass alone: pass 0 is its prompt, not its input
+    moved = {n for n, p in own.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.startswith("prompt_encoder.mask_downscaling.") for n in moved)
+    assert not any(n.startswith("mask_decoder.") for n in moved)
+    with pytest.raises(SamspError, match="model.mask_prompt needs a self-prompting pass"):
+        ModelConfig(backbone="tiny", mask_prompt=True, iterations=0)
+
+
 def test_early_fusion_starts_as_the_plain_model_learns_and_ends_the_cached_prefix_at_its_stage():
     plain, fused = tiny(adapt_stages=1), tiny(adapt_stages=1, fusion_stage="patch_embed")
     modes = [[m.training for m in model.image_encoder.modules()] for model in (plain, fused)]
@@ -311,8 +333,9 @@ def test_merged_model_predicts_the_same_masks_without_peft():
         ({"train_neck": True}, "lora + neck"),
         ({"box_decoder": True}, "lora"),
         ({"fusion_stage": "blocks.0"}, "lora"),
+        ({"mask_prompt": True}, "lora"),
     ],
-    ids=["lora", "neck", "lora+neck", "box-decoder", "fusion"],
+    ids=["lora", "neck", "lora+neck", "box-decoder", "fusion", "mask-prompt"],
 )
 def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, training):
     model = _train_a_little(tiny(**settings))
@@ -323,6 +346,7 @@ def test_save_and_load_round_trip_trainable_and_full(tmp_path, settings, trainin
     assert f"| encoder training | {training} |" in card
     assert ("after the no-prompt pass, in their own mask decoder |" in card) == ("box_decoder" in settings)
     assert ("| early-feature fusion | blocks.0's output added" in card) == ("fusion_stage" in settings)
+    assert ("each also given the previous pass's logits as a mask prompt |" in card) == ("mask_prompt" in settings)
     loaded = SamSP.from_pretrained(tmp_path / "m")
     x = image_batch(1)
     assert torch.allclose(model(images=x).logits[-1], loaded(images=x).logits[-1], atol=1e-6)

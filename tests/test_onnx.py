@@ -135,6 +135,20 @@ def test_a_model_with_a_box_decoder_exports_both_decoders(images, tmp_path):
     assert_same_predictions(torch_preds, onnx_preds)
 
 
+def test_a_model_with_a_mask_prompt_exports_it(images, tmp_path):
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", mask_prompt=True, threshold=0.1)).eval()
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "onnx")
+    torch_preds = Predictor(model).predict_batch(images[:3])
+    onnx_preds = OnnxPredictor(tmp_path / "onnx").predict_batch(images[:3])
+    plain = SamSP(ModelConfig(backbone="tiny", threshold=0.1)).eval()
+    plain.load_state_dict(model.state_dict())
+    assert not any(p.fallback for p in torch_preds)  # the box-prompted pass ran, given pass 0's logits too
+    assert not np.allclose(Predictor(plain).predict(images[0]).probability, torch_preds[0].probability, atol=1e-3)
+    assert_same_predictions(torch_preds, onnx_preds)
+
+
 def test_a_model_with_early_fusion_exports_it(images, tmp_path):
     torch.manual_seed(0)
     model = SamSP(ModelConfig(backbone="tiny", fusion_stage="blocks.0", threshold=0.1)).eval()

@@ -51,6 +51,9 @@ class ModelConfig:
     # the passes prompted by a box run their own copy of the mask decoder (same pretrained start), so learning to
     # segment with no prompt (pass 0) and following a box (the self-prompted passes) do not share one set of weights
     box_decoder: bool = False
+    # SAM's own refinement input: each self-prompted pass also gets the previous pass's logits as the prompt encoder's
+    # dense mask prompt, besides their box (SAM trains its interactive passes so). False = the box alone (the paper)
+    mask_prompt: bool = False
     # HQ-SAM-style early-feature fusion: this encoder stage's output (e.g. "layers.1"), upsampled by a small head that
     # starts at zero, is added to the mask decoder's upscaled mask features; the frozen prefix then ends at it at the
     # latest. None = off (SAM's decoder as it is)
@@ -68,10 +71,11 @@ class ModelConfig:
             raise SamspError(f"model.train_neck applies to strategy lora (under {self.strategy} the strategy decides)")
         if self.box_opening < 0 or not 0 <= self.box_jitter < 1:
             raise SamspError("model.box_opening must be >= 0 and model.box_jitter in [0, 1)")
-        if self.box_decoder and not (self.self_prompt and self.iterations > 0):
-            raise SamspError(
-                "model.box_decoder needs a self-prompting pass to run (model.self_prompt, iterations >= 1)"
-            )
+        for name in ("box_decoder", "mask_prompt"):
+            if getattr(self, name) and not (self.self_prompt and self.iterations > 0):
+                raise SamspError(
+                    f"model.{name} needs a self-prompting pass to run (model.self_prompt, iterations >= 1)"
+                )
 
     @property
     def threshold_logit(self) -> float:

@@ -135,6 +135,8 @@ def card_rows(card: ModelCard) -> list[tuple[str, str]]:
     passes = f"{card.iterations} after the no-prompt pass"
     if card.settings.get("box_decoder"):
         passes += ", in their own mask decoder"
+    if card.settings.get("mask_prompt"):
+        passes += ", each also given the previous pass's logits as a mask prompt"
     fusion = card.settings.get("fusion_stage")
     fused = [("early-feature fusion", f"{fusion}'s output added to the mask decoder's mask features")] if fusion else []
     return [

@@ -159,15 +159,23 @@ class SamSP(PretrainedMixin, nn.Module):
 
     # ----- decoder -----
     def decode(
-        self, embeddings: torch.Tensor, boxes: torch.Tensor | None, fused: torch.Tensor | None = None
+        self,
+        embeddings: torch.Tensor,
+        boxes: torch.Tensor | None,
+        fused: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder pass for a batch: logits (B, S, S) in the input frame and predicted IoU (B,).
 
         `boxes` (B, 1, 4) gives each image one box, None decodes with no prompt; all images share one decoder call.
         A box runs through `box_decoder` when the model has one (`model.box_decoder`), no prompt through
-        `mask_decoder`. `fused`: the early features `embed` returns with the embeddings.
+        `mask_decoder`. `fused`: the early features `embed` returns with the embeddings. `masks` (B, S, S): logits of
+        an earlier pass, given as SAM's dense mask prompt (`model.mask_prompt`).
         """
-        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+        if masks is not None:
+            side = self.prompt_encoder.mask_input_size
+            masks = F.interpolate(masks[:, None].float(), side, mode="bilinear", align_corners=False)
+        sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=masks)
         decoder = self.mask_decoder if boxes is None or self.box_decoder is None else self.box_decoder
         low, iou = decode_batch(decoder, embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, fused)
         size = self.backbone.img_size
@@ -206,7 +214,7 @@ class SamSP(PretrainedMixin, nn.Module):
         fused: torch.Tensor | None = None,
     ) -> Passes:
         """The decoder passes from image embeddings (and `embed`'s early features): no prompt first, then each
-        previous mask's box."""
+        previous mask's box (and its logits, with `model.mask_prompt`)."""
         b, size = embeddings.shape[0], self.backbone.img_size
         if valid_hw is None:
             valid_hw = torch.full((b, 2), size, device=embeddings.device)
@@ -228,7 +236,8 @@ class SamSP(PretrainedMixin, nn.Module):
                 box = torch.where(empty[:, None], full_boxes(valid_hw), box)
                 if self.training:
                     box = jitter_boxes(box, self.config.box_jitter, valid_hw)
-            logits, iou = self.decode(embeddings, box[:, None, :], fused)
+                prior = passes[-1].detach() if self.config.mask_prompt else None
+            logits, iou = self.decode(embeddings, box[:, None, :], fused, prior)
             if self.config.empty_fallback == "no_prompt":
                 logits = torch.where(empty[:, None, None], passes[-1], logits)
                 iou = torch.where(empty, scores, iou)
