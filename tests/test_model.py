@@ -68,10 +68,10 @@ def test_the_box_comes_from_the_first_pass_and_respects_the_valid_region():
 def _scripted_decode(model, first_logits):
     real = model.decode
 
-    def decode(embeddings, boxes, fused=None):
+    def decode(embeddings, boxes, fused=None, masks=None):
         if boxes is None:
             return first_logits.clone(), torch.zeros(first_logits.shape[0])
-        return real(torch.zeros(first_logits.shape[0], 256, 8, 8), boxes, fused)
+        return real(torch.zeros(first_logits.shape[0], 256, 8, 8), boxes, fused, masks)
 
     return decode
 
