@@ -93,6 +93,8 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice + pass-0 logits as a mask prompt too": [*PASS0_DICE, "model.mask_prompt=true"],
     # SAMed trains its LoRA and decoder with AdamW weight decay 0.1 (its trainer.py); ours is 0.01
     "SAM-SP + pass-0 Dice + weight decay 0.1": [*PASS0_DICE, "optim.weight_decay=0.1"],
+    # dropout on the LoRA adapters' input (peft's lora_dropout), ours 0
+    "SAM-SP + pass-0 Dice + LoRA dropout 0.1": [*PASS0_DICE, "model.lora_dropout=0.1"],
     # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops
     # its prefix two stages earlier
     "SAM-SP + pass-0 Dice, neck only + layers.3 fused into the decoder": [*NECK_ONLY, "model.fusion_stage=layers.3"],

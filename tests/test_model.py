@@ -205,6 +205,26 @@ def test_lora_with_the_neck_trains_both_and_keeps_the_adapted_stage_in_eval_mode
     assert all(".neck." in n or "lora_" in n for n in changed)
 
 
+def test_lora_dropout_trains_while_the_adapted_stages_stay_in_eval_mode():
+    model = tiny(lora_dropout=0.5)
+    with torch.no_grad():  # lora_B starts at zero, which would hide what dropout does to the adapters' input
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    x = image_batch()
+    for mode in (True, False):
+        model.train(mode)
+        dropouts = [m.training for n, m in model.named_modules() if n.endswith(".lora_dropout.default")]
+        assert dropouts and all(t == mode for t in dropouts)
+        assert not model.image_encoder.get_base_model().blocks[0].attn.training  # the stage itself stays in eval
+        with torch.no_grad():
+            torch.manual_seed(2)
+            a = model.embed(x)[0]
+            torch.manual_seed(3)
+            b = model.embed(x)[0]
+        assert torch.equal(a, b) != mode  # two draws of dropout differ in training only
+
+
 def test_every_lora_target_must_match_a_layer_of_the_adapted_stages():
     both = tiny(lora_targets=("attn.qkv", "mlp.lin1"))
     adapted = {n.rsplit(".lora_A", 1)[0].rsplit(".", 1)[-1] for n, _ in both.named_parameters() if "lora_A" in n}

@@ -248,16 +248,19 @@ class SamSP(PretrainedMixin, nn.Module):
         return Passes(logits=passes, boxes=boxes, scores=scores, fallback=fallback)
 
     def train(self, mode: bool = True) -> SamSP:
-        """Frozen encoder stages stay in eval mode (BatchNorm statistics and cached attention biases kept)."""
+        """Frozen encoder stages stay in eval mode (BatchNorm statistics and cached attention biases kept); a
+        LoRA-adapted stage too, except its adapters' dropout (`model.lora_dropout`), which trains."""
         super().train(mode)
         if mode:
             encoder = base_encoder(self.image_encoder)
             encoder.eval()
             for name in self.fully_trained_stages:  # a LoRA-adapted stage stays in eval mode
                 encoder.get_submodule(name).train()
-            for module in encoder.modules():
+            for name, module in encoder.named_modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
+                elif ".lora_dropout." in name:  # peft's dropout on each adapter's input
+                    module.train()
         return self
 
     # ----- prediction (the one path is samsp.inference.Predictor; these are shortcuts to it) -----
