@@ -95,6 +95,9 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice + weight decay 0.1": [*PASS0_DICE, "optim.weight_decay=0.1"],
     # dropout on the LoRA adapters' input (peft's lora_dropout), ours 0
     "SAM-SP + pass-0 Dice + LoRA dropout 0.1": [*PASS0_DICE, "model.lora_dropout=0.1"],
+    # two thirds of the validation gap is in outlines (per-blob screen): the polyp models' own loss (PraNet, Polyp-PVT),
+    # BCE + IoU weighted towards the label's outline, added to the Dice terms
+    "SAM-SP + pass-0 Dice + structure loss": [*PASS0_DICE, "loss.structure=1.0"],
     # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops
     # its prefix two stages earlier
     "SAM-SP + pass-0 Dice, neck only + layers.3 fused into the decoder": [*NECK_ONLY, "model.fusion_stage=layers.3"],

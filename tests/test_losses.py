@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from samsp.config import LossConfig
-from samsp.modeling.losses import bernoulli_kl, samsp_loss, soft_dice_loss
+from samsp.modeling.losses import bernoulli_kl, samsp_loss, soft_dice_loss, structure_loss
 
 
 def test_kl_is_zero_when_the_passes_agree_and_positive_otherwise():
@@ -87,6 +87,51 @@ def test_bce_also_supervises_the_first_pass_when_dice_does():
     bce = F.binary_cross_entropy_with_logits
     expected = soft_dice_loss(y1, target) + soft_dice_loss(y0, target) + 0.5 * (bce(y1, target) + bce(y0, target))
     assert torch.allclose(loss, expected)
+
+
+def pranet_structure_loss(pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PraNet's structure_loss as its train.py writes it ((B, 1, H, W) inputs, a 31 px window at its 352 px input)."""
+    weit = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    wbce = F.binary_cross_entropy_with_logits(pred, mask, reduction="none")
+    wbce = (weit * wbce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
+    pred = torch.sigmoid(pred)
+    inter = ((pred * mask) * weit).sum(dim=(2, 3))
+    union = ((pred + mask) * weit).sum(dim=(2, 3))
+    wiou = 1 - (inter + 1) / (union - inter + 1)
+    return (wbce + wiou).mean()
+
+
+def test_the_structure_loss_is_pranets_at_its_input_size():
+    torch.manual_seed(0)
+    target = torch.zeros(2, 352, 352)
+    target[0, 100:200, 120:260] = 1
+    target[1, 40:90, 50:300] = 1
+    logits = 3 * torch.randn(2, 352, 352)
+    expected = pranet_structure_loss(logits.unsqueeze(1), target.unsqueeze(1))
+    assert torch.allclose(structure_loss(logits, target), expected, atol=1e-6)
+
+
+def test_the_structure_loss_charges_a_wrong_pixel_near_the_outline_more_than_one_far_from_it():
+    target = torch.zeros(1, 64, 64)
+    target[0, 16:48, 16:48] = 1
+    logits = torch.where(target > 0, 6.0, -6.0)  # right everywhere, confidently
+    at_outline, far_out = logits.clone(), logits.clone()
+    at_outline[0, 15, 30] = 6.0  # one background pixel next to the label's edge called foreground
+    far_out[0, 2, 2] = 6.0  # the same mistake in a corner far from any outline
+    right = float(structure_loss(logits, target))
+    assert float(structure_loss(at_outline, target)) - right > 3 * (float(structure_loss(far_out, target)) - right)
+
+
+def test_the_structure_term_supervises_every_dice_supervised_pass():
+    torch.manual_seed(0)
+    target = (torch.rand(2, 32, 32) > 0.5).float()
+    y0, y1 = torch.randn(2, 32, 32), torch.randn(2, 32, 32)
+    loss, parts = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=True, distill=False, structure=0.5))
+    dice = soft_dice_loss(y1, target) + soft_dice_loss(y0, target)
+    assert torch.allclose(loss, dice + 0.5 * (structure_loss(y1, target) + structure_loss(y0, target)))
+    assert parts["structure"] == pytest.approx(float(structure_loss(y1, target) + structure_loss(y0, target)))
+    off, parts = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=True, distill=False))
+    assert torch.allclose(off, dice) and "structure" not in parts
 
 
 def test_the_ground_truth_box_pass_adds_its_weighted_dice_and_is_required_when_weighted():

@@ -101,6 +101,8 @@ class LossConfig:
     dice_first_pass: bool = True
     distill: bool = True
     bce: float = 0.0  # weight of per-pixel binary cross-entropy on every Dice-supervised pass (0 = the paper's loss)
+    # weight of PraNet's structure loss (BCE + IoU weighted towards the label's outline) on every Dice-supervised pass
+    structure: float = 0.0
     # weight of Dice on one more training pass prompted by the ground-truth box (edges moved by up to
     # gt_box_jitter of its size), so fine-tuning keeps the decoder's box-following skill; 0 = off (the paper's loss)
     gt_box: float = 0.0
@@ -108,6 +110,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.bce < 0 or self.structure < 0:
+            raise SamspError("loss.bce and loss.structure must be >= 0")
         if self.gt_box < 0 or not 0 <= self.gt_box_jitter < 1:
             raise SamspError("loss.gt_box must be >= 0 and loss.gt_box_jitter in [0, 1)")
 

@@ -7,6 +7,10 @@ following boxes while it learns to segment without one; the self-prompted pass d
 An optional binary cross-entropy term (`bce`, off by default as in the paper) keeps a gradient on confident
 mistakes: soft Dice's gradient with respect to a logit carries the factor p(1 - p), which vanishes where the
 sigmoid saturates, so a pixel wrongly predicted at p = 0.999 is almost never corrected by Dice alone.
+
+An optional structure term (`structure`, off by default) is the loss of the task-specific polyp models (PraNet,
+Polyp-PVT): binary cross-entropy and IoU, both weighted up to 6x on pixels near the label's outline, where the
+prompt-free error of a found structure lies.
 """
 
 from __future__ import annotations
@@ -24,6 +28,23 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     inter = (prob * target).sum(1)
     dice = (2 * inter + smooth) / (prob.sum(1) + target.sum(1) + smooth)
     return (1 - dice).mean()
+
+
+def structure_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PraNet's structure loss, averaged over the batch: weighted BCE + weighted IoU, each pixel weighted by
+    1 + 5 |local mean of the label - label|, so pixels near an outline count up to 6 times. PraNet's local window is
+    31 px at its 352 px input; it is scaled to the frame here (23 px at 256). (B, H, W) inputs."""
+    logits, target = logits.float().unsqueeze(1), target.float().unsqueeze(1)
+    radius = max(1, round(15 * target.shape[-1] / 352))
+    local = F.avg_pool2d(target, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    weight = 1 + 5 * (local - target).abs()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    wbce = (weight * bce).sum((2, 3)) / weight.sum((2, 3))
+    prob = torch.sigmoid(logits)
+    inter = (prob * target * weight).sum((2, 3))
+    union = ((prob + target) * weight).sum((2, 3))
+    wiou = 1 - (inter + 1) / (union - inter + 1)
+    return (wbce + wiou).mean()
 
 
 def bernoulli_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -73,5 +94,9 @@ def samsp_loss(
         bce = torch.stack([F.binary_cross_entropy_with_logits(p.float(), target.float()) for p in supervised]).sum()
         total = total + cfg.bce * bce
         parts["bce"] = float(bce.detach())
+    if cfg.structure > 0:
+        structure = torch.stack([structure_loss(p, target) for p in supervised]).sum()
+        total = total + cfg.structure * structure
+        parts["structure"] = float(structure.detach())
     parts["loss"] = float(total.detach())
     return total, parts
