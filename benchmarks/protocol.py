@@ -98,6 +98,9 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # two thirds of the validation gap is in outlines (per-blob screen): the polyp models' own loss (PraNet, Polyp-PVT),
     # BCE + IoU weighted towards the label's outline, added to the Dice terms
     "SAM-SP + pass-0 Dice + structure loss": [*PASS0_DICE, "loss.structure=1.0"],
+    # the weights' moving average (optim.ema) validated and saved instead of the last step's: 0.995 averages over about
+    # the last 200 of the recipe's 924 steps
+    "SAM-SP + pass-0 Dice + weight average 0.995": [*PASS0_DICE, "optim.ema=0.995"],
     # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops
     # its prefix two stages earlier
     "SAM-SP + pass-0 Dice, neck only + layers.3 fused into the decoder": [*NECK_ONLY, "model.fusion_stage=layers.3"],

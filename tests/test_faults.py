@@ -68,8 +68,9 @@ def train_until_interrupted(dataset: Path, out: Path, settings: list[str], monke
     monkeypatch.setattr(Trainer, "train_step", real_step)
 
 
-def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(dataset, tmp_path, monkeypatch):
-    settings = [*FAST, "optim.epochs=2", "runtime.checkpoint_every_steps=1"]
+@pytest.mark.parametrize("extra", [[], ["optim.ema=0.9"]], ids=["trained-weights", "moving-average"])
+def test_a_mid_epoch_checkpoint_resumes_to_the_same_weights(dataset, tmp_path, monkeypatch, extra):
+    settings = [*FAST, "optim.epochs=2", "runtime.checkpoint_every_steps=1", *extra]
     straight = train(data=str(dataset), out=tmp_path / "straight", overrides=settings)
     # epoch 2, step 2 (3 steps per epoch): after the state saved at step 1 of epoch 2
     train_until_interrupted(dataset, tmp_path / "cut", settings, monkeypatch, at_step=5)

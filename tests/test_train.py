@@ -7,9 +7,10 @@ import torch
 from helpers import make_dataset
 from safetensors.torch import load_file
 
-from samsp import SamSP, train
+from samsp import SamSP, Trainer, train
 from samsp.config import load_config
 from samsp.errors import SamspError
+from samsp.training.averaging import WeightAverage
 
 FAST = [
     "model.backbone=tiny",
@@ -437,3 +438,42 @@ def test_a_run_with_the_ground_truth_box_pass_trains_and_records_its_loss(datase
     value = dict(zip(header.split(","), row.split(","), strict=True))["dice_gt_box"]
     assert 0 < float(value) < 1
     assert SamSP.from_pretrained(run).config.backbone == "tiny"
+
+
+def test_the_moving_average_follows_each_step_and_lends_its_weights_only_inside_the_block():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    model.bias.requires_grad_(False)  # frozen weights are not averaged
+    average = WeightAverage(model, decay=0.75)
+    expected = model.weight.detach().clone()
+    for _ in range(3):
+        with torch.no_grad():
+            model.weight.add_(torch.randn(2, 3))
+        average.update()
+        expected = 0.75 * expected + 0.25 * model.weight.detach()
+    trained = model.weight.detach().clone()
+    assert average.names == ["weight"]
+    with average.swapped_in():
+        assert torch.allclose(model.weight, expected)
+    assert torch.equal(model.weight, trained)
+    copy = WeightAverage(model, decay=0.75)
+    copy.load_state_dict(average.state_dict())
+    assert torch.equal(copy.averages[0], average.averages[0])
+
+
+def test_a_run_with_a_moving_average_validates_and_saves_the_averaged_weights(dataset, tmp_path):
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=2", "optim.ema=0.5"])
+    state = torch.load(run / "last" / "training_state.pt", weights_only=True)
+    saved = load_file(str(run / "last" / "weights.safetensors"))
+    assert saved.keys() == state["average"].keys() == state["model"].keys()
+    assert all(torch.equal(saved[k], state["average"][k]) for k in saved)  # last/ holds the averages
+    assert any(not torch.equal(saved[k], state["model"][k]) for k in saved)  # which are not the trained weights
+    model = SamSP.from_pretrained(run / "last")
+    trainer = Trainer(load_config(run / "config.yaml"), tmp_path / "scratch")
+    trainer.setup()
+    trainer.cache()
+    trainer.core = model  # the saved model, scored as the trainer scores validation
+    trainer.average = None
+    rows = (run / "metrics.csv").read_text().splitlines()
+    logged = float(rows[-1].split(",")[rows[0].split(",").index("val_dice")])
+    assert trainer.validate() == pytest.approx(logged, abs=1e-6)

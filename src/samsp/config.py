@@ -157,9 +157,14 @@ class OptimConfig:
     warmup: float = 0.05  # fraction of all steps with a linear warm-up
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 1.0
+    # decay of an exponential moving average of the trained weights, taken after every step; validation, best/ and
+    # last/ then use the averaged weights. 0 = off (the trained weights themselves)
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
         _validate(self)
+        if not 0 <= self.ema < 1:
+            raise SamspError("optim.ema must be in [0, 1) (0 = no moving average)")
         if self.decoder_lr_scale < 0:
             raise SamspError("optim.decoder_lr_scale must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:

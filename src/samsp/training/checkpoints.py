@@ -12,6 +12,7 @@ from ..config import ModelConfig
 from ..errors import SamspError
 from ..files import atomic_path
 from ..modeling.sam_sp import SamSP
+from .averaging import WeightAverage
 
 STATE_NAME = "training_state.pt"
 
@@ -21,8 +22,11 @@ def state_path(run_dir: Path) -> Path:
     return run_dir / "last" / STATE_NAME
 
 
-def save_state(run_dir: Path, model: SamSP, optimizer, scheduler, progress: dict) -> None:
-    """Write last/training_state.pt (plain tensors and strings, so it loads with weights_only=True)."""
+def save_state(
+    run_dir: Path, model: SamSP, optimizer, scheduler, progress: dict, average: WeightAverage | None = None
+) -> None:
+    """Write last/training_state.pt (plain tensors and strings, so it loads with weights_only=True); with
+    `average`, its averaged weights too."""
     payload = {
         "model": model.trainable_state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -35,13 +39,15 @@ def save_state(run_dir: Path, model: SamSP, optimizer, scheduler, progress: dict
         "history": json.dumps(progress["history"]),
         "model_config": json.dumps(asdict(model.config)),
     }
+    if average is not None:
+        payload["average"] = average.state_dict()
     with atomic_path(state_path(run_dir)) as tmp:
         torch.save(payload, tmp)
 
 
-def load_state(run_dir: Path, model: SamSP, optimizer, scheduler) -> dict:
-    """Restore model, optimiser, scheduler and RNG from a run; return its progress (epoch, step, sums, best,
-    history). A corrupt or truncated file is one SamspError naming it."""
+def load_state(run_dir: Path, model: SamSP, optimizer, scheduler, average: WeightAverage | None = None) -> dict:
+    """Restore model, optimiser, scheduler, RNG (and `average`'s weights) from a run; return its progress (epoch,
+    step, sums, best, history). A corrupt or truncated file is one SamspError naming it."""
     path = state_path(run_dir)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -61,6 +67,8 @@ def load_state(run_dir: Path, model: SamSP, optimizer, scheduler) -> dict:
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
     torch.set_rng_state(payload["rng"])
+    if average is not None:
+        average.load_state_dict(payload["average"])
     return progress
 
 

@@ -37,6 +37,7 @@ from ..modeling.losses import samsp_loss
 from ..modeling.prompts import ground_truth_boxes, valid_region
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
+from .averaging import WeightAverage
 from .batches import Batches
 from .checkpoints import load_state, save_state, state_path
 from .hardware import environment, forced_bf16_warning, pick_device, resolve_auto, set_seed
@@ -254,8 +255,10 @@ class Trainer:
         self.optimizer, self.scheduler = make_optimizer(self.model, self.config.optim, self.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.core: SamSP = self.accelerator.unwrap_model(self.model)
+        ema = self.config.optim.ema
+        self.average = WeightAverage(self.core, ema) if ema else None
         if self.resume:
-            self.progress = load_state(self.run_dir, self.core, self.optimizer, self.scheduler)
+            self.progress = load_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.average)
             log.info(
                 "resumed after epoch %d of %d (+%d steps)", self.progress["epoch"], self.epochs, self.progress["step"]
             )
@@ -314,8 +317,17 @@ class Trainer:
         return by_steps or by_time
 
     def train_step(self, batch: dict) -> dict:
-        """Forward, SAM-SP loss, backward, clip, step; returns the loss parts as floats."""
-        return training_step(self.model, batch, self.config, self.optimizer, self.scheduler, self.accelerator)
+        """Forward, SAM-SP loss, backward, clip, step (and the weights' moving average); returns the loss parts as
+        floats."""
+        parts = training_step(self.model, batch, self.config, self.optimizer, self.scheduler, self.accelerator)
+        if self.average is not None:
+            self.average.update()
+        return parts
+
+    def evaluated_weights(self) -> contextlib.AbstractContextManager:
+        """The weights validation scores and best/ and last/ hold: the moving average (`optim.ema`) or the trained
+        ones."""
+        return self.average.swapped_in() if self.average is not None else contextlib.nullcontext()
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -323,11 +335,12 @@ class Trainer:
         sums are added up across processes."""
         self.core.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # Dice sum, image count
-        for batch in self.val_batches.epoch(0):
-            out = self.core(**model_inputs(batch), valid_hw=batch["valid_hw"])
-            dice = dice_at_input(out.logits[-1], batch["mask"], batch["valid_hw"])
-            count = torch.tensor(len(dice), dtype=torch.float64, device=dice.device)  # on the GPU with the Dice
-            total += torch.stack([dice.double().sum(), count])
+        with self.evaluated_weights():
+            for batch in self.val_batches.epoch(0):
+                out = self.core(**model_inputs(batch), valid_hw=batch["valid_hw"])
+                dice = dice_at_input(out.logits[-1], batch["mask"], batch["valid_hw"])
+                count = torch.tensor(len(dice), dtype=torch.float64, device=dice.device)  # on the GPU with the Dice
+                total += torch.stack([dice.double().sum(), count])
         self.core.train()
         total = self.accelerator.reduce(total, "sum")
         return float(total[0] / total[1]) if total[1] else float("nan")
@@ -375,17 +388,18 @@ class Trainer:
         row = self.progress["history"][-1]
         extra = {"epoch": row["epoch"], "val_dice": row["val_dice"], "data": training_data(self.run_dir)}
         with disk_errors(self.run_dir):
-            if improved:
-                self.core.save_pretrained(self.run_dir / "best", extra=extra)
-            self.core.save_pretrained(self.run_dir / "last", extra=extra)
-            save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
+            with self.evaluated_weights():
+                if improved:
+                    self.core.save_pretrained(self.run_dir / "best", extra=extra)
+                self.core.save_pretrained(self.run_dir / "last", extra=extra)
+            save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress, self.average)
             write_history(self.run_dir, self.progress["history"])
 
     def save_state(self) -> None:
         """The resumable state alone (inside an epoch): optimiser, schedule, RNG, weights, progress."""
         if self.accelerator.is_main_process:
             with disk_errors(self.run_dir):
-                save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress)
+                save_state(self.run_dir, self.core, self.optimizer, self.scheduler, self.progress, self.average)
 
     def finish(self) -> Path:
         """Leave the process group; say where the final and the best-validation models are; return the run folder."""
