@@ -101,6 +101,8 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # the weights' moving average (optim.ema) validated and saved instead of the last step's: 0.995 averages over about
     # the last 200 of the recipe's 924 steps
     "SAM-SP + pass-0 Dice + weight average 0.995": [*PASS0_DICE, "optim.ema=0.995"],
+    # a finer input (TinyViT's weights load at any multiple of 32): small polyps cover more embedding cells
+    "SAM-SP + pass-0 Dice + 384 px input": [*PASS0_DICE, "model.input_size=384"],
     # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops
     # its prefix two stages earlier
     "SAM-SP + pass-0 Dice, neck only + layers.3 fused into the decoder": [*NECK_ONLY, "model.fusion_stage=layers.3"],

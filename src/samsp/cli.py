@@ -116,6 +116,7 @@ def _train_parser(sub) -> None:
     for flag, key, kind in (
         ("--backbone", "model.backbone", str),
         ("--checkpoint", "model.checkpoint", str),
+        ("--input-size", "model.input_size", int),
         ("--strategy", "model.strategy", str),
         ("--iterations", "model.iterations", int),
         ("--epochs", "optim.epochs", int),

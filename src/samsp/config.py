@@ -34,6 +34,7 @@ class ModelConfig:
 
     backbone: BackboneName = "litemedsam"
     checkpoint: str | None = None  # base SAM weights; None = bundled (litemedsam) or the cached official file
+    input_size: int | None = None  # square input side in pixels; None = the backbone's own (litemedsam 256, ViTs 1024)
     strategy: Strategy = "lora"  # how the image encoder trains; "full" trains the adapted stages and the neck
     adapt_stages: int | None | Auto = None  # trailing encoder stages that train (None = all); the rest is frozen
     lora_rank: int = 4
@@ -63,6 +64,8 @@ class ModelConfig:
         _validate(self)
         if self.iterations < 0 or (self.infer_iterations is not None and self.infer_iterations < 0):
             raise SamspError("model.iterations and model.infer_iterations must be >= 0")
+        if self.input_size is not None and (self.input_size < 64 or self.input_size % 32):
+            raise SamspError(f"model.input_size must be a multiple of 32, at least 64, got {self.input_size}")
         if isinstance(self.adapt_stages, int) and self.adapt_stages < 0:
             raise SamspError(f"model.adapt_stages must be >= 0, null (all) or auto, got {self.adapt_stages}")
         if not 0 < self.threshold < 1:

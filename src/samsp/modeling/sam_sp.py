@@ -44,7 +44,7 @@ class SamSP(PretrainedMixin, nn.Module):
         self.config = config = config or ModelConfig()
         if config.adapt_stages == "auto":
             raise SamspError("model.adapt_stages is 'auto': resolve it for the hardware first (samsp.train does)")
-        self.backbone = get_backbone(config.backbone)
+        self.backbone = get_backbone(config.backbone).at_size(config.input_size)
         sam = build_sam(self.backbone, config.checkpoint, pretrained=pretrained)
         self.stage_names = [name for name, _ in self.backbone.stages(sam.image_encoder)]
         adapt = 0 if config.strategy == "frozen" else config.adapt_stages

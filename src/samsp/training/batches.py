@@ -80,7 +80,7 @@ class Batches:
         )
         key = (
             tuple((p.id, str(p.image)) for p in self.data.pairs),
-            model.config.backbone,
+            model.backbone.name,  # with its input size when not its own
             model.config.checkpoint,
             *recipe,
         )

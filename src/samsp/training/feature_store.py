@@ -27,7 +27,7 @@ FORMAT = "samsp-prefix-features-1"
 
 def store_path(folder: Path, data: PreparedSet, model: SamSP, stop: int, recipe: tuple) -> Path:
     """The file for these images, frozen weights, prefix depth and `recipe` (views, seed, augmentation, dtype...)."""
-    digest = hashlib.sha256(repr((FORMAT, model.config.backbone, stop, recipe)).encode())
+    digest = hashlib.sha256(repr((FORMAT, model.backbone.name, stop, recipe)).encode())
     for image, mask in zip(data.images, data.masks, strict=True):
         digest.update(image.numpy().tobytes())
         digest.update(mask.numpy().tobytes())

@@ -31,7 +31,6 @@ from ..data.transforms import build_augment
 from ..errors import Preempted, SamspError
 from ..files import remove_stale_temporaries, write_text_atomic
 from ..inference.prefix_graph import choose_prefix_engine, graph_precision, prefix_encoder
-from ..modeling.backbones import get_backbone
 from ..modeling.card import training_data
 from ..modeling.losses import samsp_loss
 from ..modeling.prompts import ground_truth_boxes, valid_region
@@ -156,7 +155,7 @@ class Trainer:
         """Decode every pair once; cache the frozen encoder prefix (training views and validation)."""
         data, runtime, model = self.config.data, self.config.runtime, self.model
         augment = build_augment(data.augment)
-        backbone = get_backbone(self.config.model.backbone)
+        backbone = model.backbone
         train_set = PreparedSet(self.train_pairs, backbone, augment, runtime.threads)
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         val_set = PreparedSet(self.val_pairs[rank::world], backbone, None, runtime.threads)
