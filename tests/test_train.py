@@ -338,6 +338,56 @@ def test_a_cache_dir_keeps_the_prefix_features_for_later_processes(dataset, tmp_
     assert len(encoded) == 5 and len(list(store.glob("*.safetensors"))) == 4  # another setting, other files
 
 
+def test_the_feature_file_is_written_image_by_image_and_reads_back_as_their_stack(tmp_path, monkeypatch):
+    """Regression: the features were stacked before writing, which doubled the peak memory (an OOM kill with 1230
+    LiteMedSAM images at 384 px). The file is still plain safetensors: the library reads the stacked tensors."""
+    from safetensors.torch import load_file
+
+    from samsp.training import feature_store
+
+    g = torch.Generator().manual_seed(0)
+    features = [[torch.randn(16, 8, generator=g).to(torch.bfloat16) for _ in range(2)] for _ in range(3)]
+    items = [[{"mask": torch.rand(12, 12, generator=g) > 0.5, "valid_hw": torch.tensor([12, 9])}] * 2 for _ in range(3)]
+    path = tmp_path / "features.safetensors"
+    with monkeypatch.context() as m:
+        m.setattr(torch, "stack", lambda *a, **k: pytest.fail("save stacked the tensors in memory"))
+        feature_store.save(path, features, items)
+    stored = load_file(path)
+    assert torch.equal(stored["features"], torch.stack([f for fv in features for f in fv]))
+    assert torch.equal(stored["masks"], torch.stack([it["mask"] for iv in items for it in iv]))
+    read_features, read_items = feature_store.load(path, n_images=3, views=2)
+    assert all(
+        torch.equal(a, b) for fa, fb in zip(read_features, features, strict=True) for a, b in zip(fa, fb, strict=True)
+    )
+    assert torch.equal(read_items[2][1]["valid_hw"], torch.tensor([12, 9]))
+
+
+def test_a_full_disk_while_keeping_the_features_costs_the_reuse_not_the_run(dataset, tmp_path, monkeypatch):
+    import errno
+
+    from samsp.training import batches as batches_module
+    from samsp.training import feature_store
+
+    monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())  # encoded, so saved
+    real_write = feature_store.write_stacked
+
+    def write_half_then_fill_the_disk(file, named):
+        real_write(file, {name: rows[: len(rows) // 2] for name, rows in named.items()})
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(feature_store, "write_stacked", write_half_then_fill_the_disk)
+    store = tmp_path / "features"
+    run = train(
+        data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", f"runtime.cache_dir={store}"]
+    )
+    assert (run / "last" / "weights.safetensors").is_file()
+    assert not list(store.iterdir())  # no file, whole or half-written
+    assert (
+        "cannot be written ([Errno 28] No space left on device); the features stay in memory only"
+        in (run / "train.log").read_text()
+    )
+
+
 def test_run_files_are_written_through_the_atomic_writer(dataset, tmp_path, monkeypatch):
     import os
 
