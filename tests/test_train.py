@@ -388,6 +388,24 @@ def test_a_full_disk_while_keeping_the_features_costs_the_reuse_not_the_run(data
     )
 
 
+def test_a_cache_that_would_not_fit_the_free_memory_is_one_error_before_encoding(dataset, tmp_path, monkeypatch):
+    import psutil
+
+    from samsp.training import batches as batches_module
+
+    monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 1000})())
+    store = tmp_path / "features"
+    with pytest.raises(SamspError) as raised:
+        train(
+            data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", f"runtime.cache_dir={store}"]
+        )
+    message = str(raised.value)
+    assert message.startswith("caching the frozen encoder prefix needs about 0.0 GB (6 x (") and "\n" not in message
+    assert "0.0 GB of memory is free: set runtime.cache_dtype=bfloat16" in message
+    assert not store.is_dir() or not list(store.iterdir())
+
+
 def test_run_files_are_written_through_the_atomic_writer(dataset, tmp_path, monkeypatch):
     import os
 

@@ -11,9 +11,11 @@ import math
 from collections import OrderedDict
 from pathlib import Path
 
+import psutil
 import torch
 
 from ..data.prepared import PreparedSet, collate
+from ..errors import SamspError
 from ..inference.prefix_graph import PrefixEncoder, prefix_encoder
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
@@ -121,6 +123,8 @@ class Batches:
                 item = self.data.item(i, seed=None if v == 0 else self._seed(-v, i))
                 x = item["image"][None].to(self.device)
                 per_view.append(encode(x)[0].to("cpu", dtype))
+                if i == v == 0:
+                    ensure_room(per_view[0], len(self.data) * views)
                 per_items.append({"mask": item["mask"], "valid_hw": item["valid_hw"]})
             features.append(per_view)
             items.append(per_items)
@@ -187,6 +191,19 @@ class _EpochSamples(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         i = self.order[k]
         return self.data.item(i, seed=self.seed_of(self.epoch, i))
+
+
+def ensure_room(sample: torch.Tensor, count: int) -> None:
+    """SamspError, before encoding, when `count` cached features like `sample` would not fit the free memory (an
+    out-of-memory kill ends a run with no message, after the minutes of encoding)."""
+    need, free = count * sample.numel() * sample.element_size(), psutil.virtual_memory().available
+    if need > 0.9 * free:
+        raise SamspError(
+            f"caching the frozen encoder prefix needs about {need / 1e9:.1f} GB ({count} x {tuple(sample.shape)} "
+            f"{str(sample.dtype).removeprefix('torch.')}), but {free / 1e9:.1f} GB of memory is free: set "
+            "runtime.cache_dtype=bfloat16 (half the size), runtime.cache=false (nothing cached, every batch encoded) "
+            "or a smaller model.input_size"
+        )
 
 
 def steps_per_epoch(n: int, batch_size: int, rank: int = 0, world: int = 1) -> int:
