@@ -164,6 +164,17 @@ def test_a_model_with_early_fusion_exports_it(images, tmp_path):
     assert_same_predictions(torch_preds, onnx_preds)
 
 
+def test_a_model_at_another_input_size_exports_at_it(images, tmp_path):
+    torch.manual_seed(0)
+    model = SamSP(ModelConfig(backbone="tiny", input_size=160, threshold=0.1)).eval()
+    model.save_pretrained(tmp_path / "model")
+    export_onnx(tmp_path / "model", tmp_path / "onnx")
+    assert json.loads((tmp_path / "onnx" / "samsp_onnx.json").read_text())["input_size"] == 160
+    torch_preds = Predictor(model).predict_batch(images[:3])
+    assert_same_predictions(torch_preds, OnnxPredictor(tmp_path / "onnx").predict_batch(images[:3]))
+    assert all(p.mask.shape == im.shape[:2] for p, im in zip(torch_preds, images[:3], strict=True))
+
+
 def test_openvino_runs_the_same_graph_and_predicts_what_pytorch_predicts(run, exported, images):
     torch_preds = Predictor(SamSP.from_pretrained(run), batch_size=4).predict_batch(images)
     ov_preds = OnnxPredictor(exported, batch_size=4, runtime="openvino").predict_batch(images)
