@@ -39,6 +39,7 @@ from samsp.evaluation.evaluate import EvalSet, evaluate, load_eval_set, predict_
 from samsp.evaluation.metrics import image_metrics
 from samsp.inference.preprocess import mask_in_frame, postprocess
 from samsp.modeling.prompts import boxes_from_masks, full_boxes, valid_region
+from samsp.training.batches import forget_prefix_features
 from samsp.training.checkpoints import state_path
 from samsp.training.hardware import pick_device
 
@@ -402,6 +403,9 @@ def main() -> None:
                     ],
                 )
                 (run_dir / "done").write_text(f"{(time.perf_counter() - started) / 60:.1f}\n")
+            # scoring needs the memory the kept training features hold (a 384 px row was OOM-killed while scoring);
+            # a later row reads them from runtime.cache_dir instead
+            forget_prefix_features()
             model = SamSP.from_pretrained(run_dir).to(pick_device("auto"))  # its final model (last/), on a GPU if any
             diagnosing = name in args.diagnose and seed == args.seeds[0]
             pretrained = None  # the model before fine-tuning, built when a diagnosis first needs it

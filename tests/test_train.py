@@ -304,6 +304,10 @@ def test_prefix_features_are_reused_across_runs_in_a_process_but_kept_bounded(tm
     assert len(batches_module._PREFIX_MEMO) == 2  # only the latest run's two sets are kept
     train(data=str(sets[-1]), out=tmp_path / "again", overrides=[*FAST, "optim.epochs=1"])
     assert len(encoded) == 6  # the latest dataset was not encoded again
+    batches_module.forget_prefix_features()  # what a benchmark does before scoring, to free their memory
+    assert not batches_module._PREFIX_MEMO
+    train(data=str(sets[-1]), out=tmp_path / "after", overrides=[*FAST, "optim.epochs=1"])
+    assert len(encoded) == 8
 
 
 def test_a_cache_dir_keeps_the_prefix_features_for_later_processes(dataset, tmp_path, monkeypatch):

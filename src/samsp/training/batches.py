@@ -27,6 +27,11 @@ _PREFIX_MEMO: OrderedDict[tuple, tuple[int, list, list]] = OrderedDict()
 _PREFIX_MEMO_SIZE = 2
 
 
+def forget_prefix_features() -> None:
+    """Drop the features this process keeps for a later training (before work that needs their memory)."""
+    _PREFIX_MEMO.clear()
+
+
 class Batches:
     """Seeded batches of training samples: cached prefix features, or images augmented on the fly.
 
