@@ -397,17 +397,29 @@ def test_a_cache_that_would_not_fit_the_free_memory_is_one_error_before_encoding
 
     from samsp.training import batches as batches_module
 
-    monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 1000})())
+    def new_process() -> None:
+        monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())
+
     store = tmp_path / "features"
-    with pytest.raises(SamspError) as raised:
-        train(
-            data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", f"runtime.cache_dir={store}"]
-        )
+    overrides = [*FAST, "optim.epochs=1", f"runtime.cache_dir={store}"]
+    new_process()
+    with monkeypatch.context() as m, pytest.raises(SamspError) as raised:
+        m.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 1000})())
+        train(data=str(dataset), out=tmp_path / "run", overrides=overrides)
     message = str(raised.value)
     assert message.startswith("caching the frozen encoder prefix needs about 0.0 GB (6 x (") and "\n" not in message
-    assert "0.0 GB of memory is free: set runtime.cache_dtype=bfloat16" in message
+    assert "float32), but 0.0 GB of memory is free: set runtime.cache_dtype=bfloat16" in message
     assert not store.is_dir() or not list(store.iterdir())
+    new_process()
+    train(data=str(dataset), out=tmp_path / "fits", overrides=overrides)  # stores the features
+    assert len(list(store.glob("*.safetensors"))) == 2
+    new_process()
+    with (
+        monkeypatch.context() as m,
+        pytest.raises(SamspError, match=rf"needs about 0.0 GB \({store}/[0-9a-f]+\.safetensors\), but"),
+    ):
+        m.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 1000})())
+        train(data=str(dataset), out=tmp_path / "later", overrides=overrides)  # reading them would not fit either
 
 
 def test_run_files_are_written_through_the_atomic_writer(dataset, tmp_path, monkeypatch):

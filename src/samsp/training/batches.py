@@ -112,6 +112,8 @@ class Batches:
         if self.store is None:
             return self._encode(model, views, dtype)
         path = feature_store.store_path(self.store, self.data, model, model.prefix_stages, recipe)
+        if path.is_file():
+            ensure_room(path.stat().st_size, str(path))
         cached = feature_store.load(path, len(self.data), views)
         if cached is None:
             cached = self._encode(model, views, dtype)
@@ -129,7 +131,8 @@ class Batches:
                 x = item["image"][None].to(self.device)
                 per_view.append(encode(x)[0].to("cpu", dtype))
                 if i == v == 0:
-                    ensure_room(per_view[0], len(self.data) * views)
+                    f, count = per_view[0], len(self.data) * views
+                    ensure_room(count * f.numel() * f.element_size(), f"{count} x {tuple(f.shape)} {f.dtype}")
                 per_items.append({"mask": item["mask"], "valid_hw": item["valid_hw"]})
             features.append(per_view)
             items.append(per_items)
@@ -198,14 +201,14 @@ class _EpochSamples(torch.utils.data.Dataset):
         return self.data.item(i, seed=self.seed_of(self.epoch, i))
 
 
-def ensure_room(sample: torch.Tensor, count: int) -> None:
-    """SamspError, before encoding, when `count` cached features like `sample` would not fit the free memory (an
-    out-of-memory kill ends a run with no message, after the minutes of encoding)."""
-    need, free = count * sample.numel() * sample.element_size(), psutil.virtual_memory().available
+def ensure_room(need: int, what: str) -> None:
+    """SamspError when `need` bytes of cached features (`what`: their shape, or the file they are read from) would
+    not fit the free memory: an out-of-memory kill ends a run with no message, after minutes of encoding."""
+    free = psutil.virtual_memory().available
     if need > 0.9 * free:
         raise SamspError(
-            f"caching the frozen encoder prefix needs about {need / 1e9:.1f} GB ({count} x {tuple(sample.shape)} "
-            f"{str(sample.dtype).removeprefix('torch.')}), but {free / 1e9:.1f} GB of memory is free: set "
+            f"caching the frozen encoder prefix needs about {need / 1e9:.1f} GB ({what.replace('torch.', '')}), but "
+            f"{free / 1e9:.1f} GB of memory is free: set "
             "runtime.cache_dtype=bfloat16 (half the size), runtime.cache=false (nothing cached, every batch encoded) "
             "or a smaller model.input_size"
         )
