@@ -35,7 +35,7 @@ def test_the_same_frozen_weights_at_another_size_are_another_compiled_prefix():
     assert prefix_digest(SamSP(ModelConfig(adapt_stages=1, input_size=320))) != prefix_digest(native)
 
 
-def test_a_run_trained_at_another_size_saves_loads_and_predicts_at_it(tmp_path, capsys):
+def test_a_run_trained_at_another_size_saves_loads_and_predicts_at_it(tmp_path):
     data = make_dataset(tmp_path / "data", n=8)
     fast = ["--backbone", "tiny", "--set", "runtime.threads=1", "--set", "runtime.mixed_precision=no"]
     run = tmp_path / "run"
