@@ -132,7 +132,8 @@ class Batches:
                 per_view.append(encode(x)[0].to("cpu", dtype))
                 if i == v == 0:
                     f, count = per_view[0], len(self.data) * views
-                    ensure_room(count * f.numel() * f.element_size(), f"{count} x {tuple(f.shape)} {f.dtype}")
+                    dtype_name = str(f.dtype).removeprefix("torch.")
+                    ensure_room(count * f.numel() * f.element_size(), f"{count} x {tuple(f.shape)} {dtype_name}")
                 per_items.append({"mask": item["mask"], "valid_hw": item["valid_hw"]})
             features.append(per_view)
             items.append(per_items)
@@ -207,7 +208,7 @@ def ensure_room(need: int, what: str) -> None:
     free = psutil.virtual_memory().available
     if need > 0.9 * free:
         raise SamspError(
-            f"caching the frozen encoder prefix needs about {need / 1e9:.1f} GB ({what.replace('torch.', '')}), but "
+            f"caching the frozen encoder prefix needs about {need / 1e9:.1f} GB ({what}), but "
             f"{free / 1e9:.1f} GB of memory is free: set "
             "runtime.cache_dtype=bfloat16 (half the size), runtime.cache=false (nothing cached, every batch encoded) "
             "or a smaller model.input_size"
