@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from samsp import SamSP, train
 from samsp.config import load_config
-from samsp.data.named import pranet_split
+from samsp.data.named import cvc_sequence, pranet_split
 from samsp.data.pairs import Pair, find_pairs
 from samsp.data.splits import select, write_split
 from samsp.evaluation.evaluate import EvalSet, evaluate, load_eval_set, predict_set
@@ -155,20 +155,33 @@ INFERENCE_LEVERS = {  # settings of a trained model, chosen on validation: name 
 }
 
 
-def protocol_pairs(out: Path, val_fraction: float, seed: int, limit: int | None) -> dict[str, list[Pair]]:
-    """Training, validation and test pairs; writes pairs.csv, train_ids.txt and val_ids.txt into `out`."""
+def protocol_pairs(
+    out: Path, val_fraction: float, seed: int, limit: int | None, by_sequence: bool = False
+) -> dict[str, list[Pair]]:
+    """Training, validation and test pairs; writes pairs.csv, train_ids.txt and val_ids.txt into `out`.
+
+    Validation is `val_fraction` of the training ids drawn per image, or with `by_sequence` that fraction of each
+    source: Kvasir images one by one, ClinicDB frames by whole video sequence (no validation frame has a neighbour in
+    training, as frames of a new video would not)."""
     kvasir = find_pairs(SHARED / "kvasir-seg")
     cvc = find_pairs(SHARED / "cvc-clinicdb-256")
     k_train, k_test = pranet_split("kvasir-seg")
     c_train, c_test = pranet_split("cvc")
     c_train = [i for i in c_train if i in {p.id for p in cvc}]  # our copy lacks 3 training frames
-    pool = select(kvasir, k_train, "Kvasir PraNet train ids") + select(cvc, c_train, "ClinicDB PraNet train ids")
-    pool = sorted(pool, key=lambda p: p.id)
-    order = list(range(len(pool)))
-    random.Random(seed).shuffle(order)
-    n_val = round(len(pool) * val_fraction)
-    val = sorted((pool[i] for i in order[:n_val]), key=lambda p: p.id)
-    train_pairs = [pool[i] for i in order[n_val:]]
+    k_pool = select(kvasir, k_train, "Kvasir PraNet train ids")
+    c_pool = select(cvc, c_train, "ClinicDB PraNet train ids")
+    pool = sorted(k_pool + c_pool, key=lambda p: p.id)
+    if by_sequence:
+        val = sequence_held_out(k_pool, c_pool, val_fraction, seed)
+        held = {p.id for p in val}
+        train_pairs = [p for p in pool if p.id not in held]
+        random.Random(seed).shuffle(train_pairs)  # so that --limit takes a random subset, as below
+    else:
+        order = list(range(len(pool)))
+        random.Random(seed).shuffle(order)
+        n_val = round(len(pool) * val_fraction)
+        val = sorted((pool[i] for i in order[:n_val]), key=lambda p: p.id)
+        train_pairs = [pool[i] for i in order[n_val:]]
     if limit:
         train_pairs = train_pairs[:limit]
     train_pairs.sort(key=lambda p: p.id)
@@ -185,6 +198,26 @@ def protocol_pairs(out: Path, val_fraction: float, seed: int, limit: int | None)
         "Kvasir": select(kvasir, k_test, "Kvasir PraNet test ids"),
         "ClinicDB": select(cvc, c_test, "ClinicDB PraNet test ids"),
     }
+
+
+def sequence_held_out(kvasir: list[Pair], cvc: list[Pair], fraction: float, seed: int) -> list[Pair]:
+    """`fraction` of the Kvasir images drawn one by one, and whole ClinicDB video sequences drawn until they hold
+    at least `fraction` of the ClinicDB frames; sorted by id."""
+    rng = random.Random(seed)
+    kvasir = sorted(kvasir, key=lambda p: p.id)
+    held = rng.sample(kvasir, round(len(kvasir) * fraction))
+    sequences: dict[int, list[Pair]] = {}
+    for pair in sorted(cvc, key=lambda p: int(p.id)):
+        sequences.setdefault(cvc_sequence(pair.id), []).append(pair)
+    order = sorted(sequences)
+    rng.shuffle(order)
+    need, taken = round(len(cvc) * fraction), 0
+    for number in order:
+        if taken >= need:
+            break
+        held += sequences[number]
+        taken += len(sequences[number])
+    return sorted(held, key=lambda p: p.id)
 
 
 def slug(name: str) -> str:
@@ -351,6 +384,11 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--val-fraction", type=float, default=0.05)
+    parser.add_argument(
+        "--val-by-sequence",
+        action="store_true",
+        help="hold out whole ClinicDB video sequences (and the same fraction of Kvasir images) for validation",
+    )
     parser.add_argument("--limit", type=int, help="train on this many of the training pairs (quick lever sweeps)")
     parser.add_argument("--test", action="store_true", help="also score each row on the two test sets")
     parser.add_argument(
@@ -373,7 +411,7 @@ def main() -> None:
     if args.report_only:
         report(out, args)
         return
-    split = protocol_pairs(out, args.val_fraction, 0, args.limit)
+    split = protocol_pairs(out, args.val_fraction, 0, args.limit, args.val_by_sequence)
     for test in TESTS:
         split[test] = split[test][: args.test_limit]
     logging.info("protocol: %d training, %d validation pairs", len(split["train"]), len(split["val"]))

@@ -149,3 +149,17 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert named.default_cache_dir() == tmp_path / "datasets"
     monkeypatch.delenv("SAMSP_CACHE")
     assert named.default_cache_dir().parts[-3:] == (".cache", "samsp", "datasets")
+
+
+def test_cvc_frames_map_to_the_29_video_sequences_of_the_dataset_readme():
+    from samsp.data.named import cvc_sequence, pranet_split
+
+    assert [cvc_sequence(i) for i in ("1", "25", "26", "200", "205", "206", "591", "592", "612")] == [
+        1, 1, 2, 10, 10, 11, 28, 29, 29,
+    ]  # fmt: skip
+    assert sorted({cvc_sequence(str(i)) for i in range(1, 613)}) == list(range(1, 30))
+    train, test = pranet_split("cvc")
+    assert all(1 <= cvc_sequence(i) <= 29 for i in train + test)
+    for bad in ("0", "613", "frame_12"):
+        with pytest.raises(SamspError, match=rf"^CVC-ClinicDB frame ids are numbers 1-612, got '{bad}'$"):
+            cvc_sequence(bad)

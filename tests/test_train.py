@@ -422,6 +422,33 @@ def test_a_cache_that_would_not_fit_the_free_memory_is_one_error_before_encoding
         train(data=str(dataset), out=tmp_path / "later", overrides=overrides)  # reading them would not fit either
 
 
+def test_features_kept_from_earlier_trainings_give_way_when_new_ones_would_not_fit(tmp_path, monkeypatch):
+    """A sweep's kept features (the memo) are dropped, not the new run, when memory runs short; a cache that does not
+    fit even then is still the one-line error."""
+    import psutil
+
+    from samsp.training import batches as batches_module
+
+    memo = type(batches_module._PREFIX_MEMO)()
+    monkeypatch.setattr(batches_module, "_PREFIX_MEMO", memo)
+    first, second = make_dataset(tmp_path / "first", n=4, seed=1), make_dataset(tmp_path / "second", n=4, seed=2)
+    train(data=str(first), out=tmp_path / "a", overrides=[*FAST, "optim.epochs=1"])
+    assert len(memo) == 2
+    kept = set(memo)
+    # memory as if the two kept sets filled it: short while both are held, plenty once they are gone
+    monkeypatch.setattr(
+        psutil, "virtual_memory", lambda: type("Memory", (), {"available": 1000 if len(memo) >= 2 else 10**12})()
+    )
+    run = train(data=str(second), out=tmp_path / "b", overrides=[*FAST, "optim.epochs=1"])
+    assert (run / "last" / "weights.safetensors").is_file()
+    assert len(memo) == 2 and not kept & set(memo)  # the second dataset's sets, the first's gone
+    assert "dropped the prefix features kept from earlier trainings" in (run / "train.log").read_text()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": 1000})())
+    with pytest.raises(SamspError, match=r"^caching the frozen encoder prefix needs about .* of memory is free"):
+        train(data=str(first), out=tmp_path / "c", overrides=[*FAST, "optim.epochs=1"])
+    assert not memo
+
+
 def test_run_files_are_written_through_the_atomic_writer(dataset, tmp_path, monkeypatch):
     import os
 

@@ -25,6 +25,7 @@ from .data.splits import select, write_split
 from .evaluation.evaluate import evaluate, load_eval_set, predict_set, prefix_features
 from .files import write_text_atomic
 from .modeling.sam_sp import SamSP
+from .training.batches import forget_prefix_features
 from .training.trainer import train
 
 log = logging.getLogger("samsp")
@@ -55,6 +56,7 @@ def run_demo(
             *(overrides or []),
         ],
     )
+    forget_prefix_features()  # nothing trains again in this run: the training features' memory goes to scoring
     # the final model, where the schedule ends: 20 validation images cannot tell epochs apart (BENCHMARKS.md, main job)
     rows = compare(SamSP.from_pretrained(run_dir / "last"), test, out / "eval")
     result = {

@@ -6,6 +6,7 @@ download and point at the folder themselves.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import shutil
@@ -111,6 +112,24 @@ def pranet_split(name: str) -> tuple[list[str], list[str]]:
         text = folder.joinpath(f"{key}_pranet_{part}.txt").read_text(encoding="utf-8")
         lists.append([line.strip() for line in text.splitlines() if line.strip()])
     return lists[0], lists[1]
+
+
+# CVC-ClinicDB's 612 frames come from 29 video sequences, each a run of frame numbers; the first frame of each, from
+# the table in the dataset's README (README_CVC-ClinicDB.txt)
+_CVC_SEQUENCE_STARTS = (1, 26, 51, 68, 79, 104, 127, 152, 178, 200, 206, 228, 253, 278, 298, 318, 343, 364, 384, 409,
+                        429, 448, 467, 479, 504, 529, 547, 572, 592)  # fmt: skip
+
+
+def cvc_sequence(frame_id: str) -> int:
+    """The video sequence (1-29) of a CVC-ClinicDB frame id ("1" to "612"): neighbouring frames of one sequence look
+    alike, so a validation split that should measure new videos keeps each sequence on one side."""
+    try:
+        frame = int(frame_id)
+    except ValueError:
+        raise SamspError(f"CVC-ClinicDB frame ids are numbers 1-612, got {frame_id!r}") from None
+    if not 1 <= frame <= 612:
+        raise SamspError(f"CVC-ClinicDB frame ids are numbers 1-612, got {frame_id!r}")
+    return bisect.bisect_right(_CVC_SEQUENCE_STARTS, frame)
 
 
 def _download(ds: NamedDataset, archive: Archive, folder: Path) -> tuple[Path, str]:

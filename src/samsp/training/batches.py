@@ -7,6 +7,8 @@ would.
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -21,8 +23,11 @@ from ..modeling.sam_sp import SamSP
 from ..progress import Progress
 from . import feature_flips, feature_store
 
+log = logging.getLogger("samsp")
+
 # The latest training and validation sets' prefix features, so several trainings in one process (a sweep, the
-# accuracy benchmark) encode them once; older entries are dropped so a long sweep's memory stays bounded.
+# accuracy benchmark) encode them once; older entries are dropped so a long sweep's memory stays bounded, and all
+# of them give way when new features would not fit the free memory (`ensure_room`).
 _PREFIX_MEMO: OrderedDict[tuple, tuple[int, list, list]] = OrderedDict()
 _PREFIX_MEMO_SIZE = 2
 
@@ -204,8 +209,14 @@ class _EpochSamples(torch.utils.data.Dataset):
 
 def ensure_room(need: int, what: str) -> None:
     """SamspError when `need` bytes of cached features (`what`: their shape, or the file they are read from) would
-    not fit the free memory: an out-of-memory kill ends a run with no message, after minutes of encoding."""
+    not fit the free memory: an out-of-memory kill ends a run with no message, after minutes of encoding. The
+    features kept from earlier trainings in this process are dropped first, when that would make room."""
     free = psutil.virtual_memory().available
+    if need > 0.9 * free and _PREFIX_MEMO:
+        forget_prefix_features()
+        gc.collect()
+        free = psutil.virtual_memory().available
+        log.info("dropped the prefix features kept from earlier trainings: %.1f GB of memory is free", free / 1e9)
     if need > 0.9 * free:
         raise SamspError(
             f"caching the frozen encoder prefix needs about {need / 1e9:.1f} GB ({what}), but "
