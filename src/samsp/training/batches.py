@@ -209,8 +209,8 @@ class _EpochSamples(torch.utils.data.Dataset):
 
 def ensure_room(need: int, what: str) -> None:
     """SamspError when `need` bytes of cached features (`what`: their shape, or the file they are read from) would
-    not fit the free memory: an out-of-memory kill ends a run with no message, after minutes of encoding. The
-    features kept from earlier trainings in this process are dropped first, when that would make room."""
+    not fit the free memory: an out-of-memory kill ends a run with no message, after minutes of encoding. Before it
+    says so, the features kept from earlier trainings in this process are dropped and the free memory measured again."""
     free = psutil.virtual_memory().available
     if need > 0.9 * free and _PREFIX_MEMO:
         forget_prefix_features()
