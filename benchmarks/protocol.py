@@ -207,7 +207,7 @@ def sequence_held_out(kvasir: list[Pair], cvc: list[Pair], fraction: float, seed
     kvasir = sorted(kvasir, key=lambda p: p.id)
     held = rng.sample(kvasir, round(len(kvasir) * fraction))
     sequences: dict[int, list[Pair]] = {}
-    for pair in sorted(cvc, key=lambda p: int(p.id)):
+    for pair in cvc:
         sequences.setdefault(cvc_sequence(pair.id), []).append(pair)
     order = sorted(sequences)
     rng.shuffle(order)
