@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from ..inference.prediction import BatchPredictor
 from ..inference.predictor import Predictor
 from ..inference.prefix_graph import choose_prefix_engine, predictor_prefix_engine, prefix_encoder
 from ..inference.preprocess import Frame, mask_in_frame, preprocess
+from ..memory import ensure_room
 from ..modeling.prompts import boxes_from_masks, full_boxes
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
@@ -25,8 +27,11 @@ from .metrics import image_metrics
 from .report import write_report
 
 log = logging.getLogger("samsp")
+T = TypeVar("T")
 
 PROMPTS = ("none", "full_box", "gt_box")
+EVAL_CHUNK = 256  # images `evaluate` decodes, predicts and scores at a time: its memory does not grow with the set
+SMALLER_SET = "score fewer images at once (evaluate() and `samsp evaluate` take any number in parts)"
 
 
 @dataclass
@@ -44,6 +49,13 @@ class EvalSet:
 def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> EvalSet:
     """Decode every pair (listing every bad file at once) and preprocess it for `model`'s backbone."""
     backbone = model.backbone
+    size = backbone.img_size
+    ensure_room(
+        len(pairs) * 3 * size * size * 4,
+        f"decoding {len(pairs)} images",
+        f"3x{size}x{size} float32 inputs each",
+        SMALLER_SET,
+    )
 
     def load(pair: Pair):
         image, gt = read_pair(pair.image, pair.mask)
@@ -74,6 +86,12 @@ def prefix_features(model: SamSP, data: EvalSet, batch_size: int = 4, engine: st
     for start in Progress(range(0, len(data.inputs), batch_size), desc="encoding the frozen part", unit="batch"):
         x = torch.stack(data.inputs[start : start + batch_size]).to(model.device)
         out += list(encode(x).cpu())
+        if start == 0:
+            f, n = out[0], len(data.inputs)
+            detail = f"{n} x {tuple(f.shape)} {str(f.dtype).removeprefix('torch.')}"
+            ensure_room(
+                n * f.numel() * f.element_size(), "keeping the frozen prefix of every image", detail, SMALLER_SET
+            )
     return out
 
 
@@ -87,21 +105,31 @@ def predict_set(
     iterations: int | None = None,
     precision: str = "fp32",
     flips: bool = False,
+    prefix_engine: str = "auto",
 ) -> list[np.ndarray]:
     """Probability maps at original size. `prompt`: none (SAM-SP), full_box or gt_box (one boxed pass).
 
-    Without `features`, an fp32 prediction encodes the frozen prefix by OpenVINO on a CPU when installed, as
-    training does: the same maps, about twice as fast (`samsp evaluate` on 300 Kvasir-SEG images: 4.7 minutes against
-    9.8). With no flips all images first (`prefix_features`); with flips each mirrored view in its batch.
+    Without `features`, an fp32 prediction encodes the frozen prefix by `prefix_engine` (auto: OpenVINO on a CPU
+    when installed), as training does: the same maps, about twice as fast (`samsp evaluate` on 300 Kvasir-SEG images:
+    4.7 minutes against 9.8). With no flips all images first (`prefix_features`); with flips each mirrored view in its
+    batch.
     """
     if prompt not in PROMPTS:
         raise SamspError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+    pixels = sum(g.size for g in data.gts)
+    ensure_room(
+        pixels * 4,
+        f"predicting the probability maps of {len(data.gts)} images",
+        f"{pixels} float32 pixels",
+        SMALLER_SET,
+    )
     engine = "torch"
     if features is None and start_stage == 0 and precision == "fp32" and model.prefix_stages > 0:
         if flips:  # the mirrored views are made from the images, so each batch's views go through the engine
-            engine = predictor_prefix_engine(model, "auto", precision, flips, len(data.inputs))
+            engine = predictor_prefix_engine(model, prefix_engine, precision, flips, len(data.inputs))
         else:
-            features, start_stage = prefix_features(model, data, batch_size), model.prefix_stages
+            features = prefix_features(model, data, batch_size, prefix_engine)
+            start_stage = model.prefix_stages
     boxes = None
     if prompt != "none":
         valid = torch.tensor([f.resized_hw for f in data.frames]).reshape(-1, 2)
@@ -121,16 +149,48 @@ def evaluate(
 ) -> dict:
     """Score `model` on labelled data with no prompt; write per_image.csv and summary.json into `out_dir`.
 
-    `data` is a folder with images/ and masks/, a list of pairs, or an `EvalSet` decoded once for several models.
-    `predict_kwargs` go to `predict_set` (prompt, batch_size, iterations, precision, flips). Returns the summary
-    (mDice, mIoU, per-metric means, pooled Dice); raises SamspError listing every unusable file.
+    `data` is a folder with images/ and masks/, a list of pairs (decoded, predicted and scored `EVAL_CHUNK` images at
+    a time, so any number fits in memory), or an `EvalSet` decoded once for several models (with `probs`: its
+    probability maps, already predicted). `predict_kwargs` go to `predict_set` (prompt, batch_size, iterations,
+    precision, flips). Returns the summary (mDice, mIoU, per-metric means, pooled Dice); raises SamspError listing
+    every unusable file, before anything is written.
     """
     if not isinstance(data, EvalSet):
-        data = load_eval_set(find_pairs(data) if isinstance(data, str | Path) else list(data), model)
+        pairs = find_pairs(data) if isinstance(data, str | Path) else list(data)
+        if probs is None:
+            return write_report(_scored_in_parts(model, pairs, predict_kwargs), out_dir, title)
+        data = load_eval_set(pairs, model)
     probs = probs if probs is not None else predict_set(model, data, **predict_kwargs)
-    cut = model.config.threshold  # the mask `samsp predict` writes
-    rows = [{"id": i, **image_metrics(p, g, cut)} for i, p, g in zip(data.ids, probs, data.gts, strict=True)]
-    return write_report(rows, out_dir, title)
+    return write_report(_scored(model, data, probs), out_dir, title)
+
+
+def _scored(model: SamSP, data: EvalSet, probs: Sequence[np.ndarray]) -> list[dict]:
+    """One metrics row per image, on the mask `samsp predict` writes (probability > the model's threshold)."""
+    cut = model.config.threshold
+    return [{"id": i, **image_metrics(p, g, cut)} for i, p, g in zip(data.ids, probs, data.gts, strict=True)]
+
+
+def _scored_in_parts(model: SamSP, pairs: list[Pair], predict_kwargs: dict) -> list[dict]:
+    """`EVAL_CHUNK` pairs at a time: decoded, predicted, scored, let go; the prefix engine is chosen once for all."""
+    engine, precision = "auto", predict_kwargs.get("precision", "fp32")
+    if precision == "fp32":  # the only precision `predict_set` runs a prefix engine in
+        engine = predictor_prefix_engine(model, engine, precision, predict_kwargs.get("flips", False), len(pairs))
+    rows: list[dict] = []
+    for data in _decoded_in_parts(pairs, lambda part: load_eval_set(part, model)):
+        rows += _scored(model, data, predict_set(model, data, prefix_engine=engine, **predict_kwargs))
+    return rows
+
+
+def _decoded_in_parts(pairs: Sequence[Pair], decode: Callable[[Sequence[Pair]], T]) -> Iterator[T]:
+    """`decode` of each run of `EVAL_CHUNK` pairs, in order. A set of several parts is first decoded whole, keeping
+    nothing, so that bad files anywhere are one error that lists them all before any work."""
+    if len(pairs) > EVAL_CHUNK:
+        decode_all(pairs, lambda pair: read_pair(pair.image, pair.mask) and None)
+    for start in range(0, len(pairs), EVAL_CHUNK):
+        part = pairs[start : start + EVAL_CHUNK]
+        if len(pairs) > EVAL_CHUNK:
+            log.info("scoring images %d-%d of %d", start + 1, start + len(part), len(pairs))
+        yield decode(part)
 
 
 def evaluate_predictor(
@@ -139,12 +199,13 @@ def evaluate_predictor(
     """Score any `BatchPredictor` (the ONNX Runtime and OpenVINO engines; `evaluate` is the faster path for a torch
     model) on labelled pairs at original size, the overlap metrics on the masks it predicts (its `threshold`).
     Writes and returns what `evaluate` does; raises SamspError listing every unusable file."""
-    loaded = decode_all(pairs, lambda pair: read_pair(pair.image, pair.mask))
     rows = []
     size = predictor.batch_size
-    for start in Progress(range(0, len(pairs), size), desc="evaluating", unit="batch"):
-        chunk = loaded[start : start + size]
-        predictions = predictor.predict_batch([image for image, _ in chunk])
-        for pair, prediction, (_, gt) in zip(pairs[start : start + size], predictions, chunk, strict=True):
-            rows.append({"id": pair.id, **image_metrics(prediction.probability, gt, predictor.threshold)})
+    parts = _decoded_in_parts(pairs, lambda part: (part, decode_all(part, lambda p: read_pair(p.image, p.mask))))
+    for part, loaded in parts:
+        for start in Progress(range(0, len(part), size), desc="evaluating", unit="batch"):
+            chunk = loaded[start : start + size]
+            predictions = predictor.predict_batch([image for image, _ in chunk])
+            for pair, prediction, (_, gt) in zip(part[start : start + size], predictions, chunk, strict=True):
+                rows.append({"id": pair.id, **image_metrics(prediction.probability, gt, predictor.threshold)})
     return write_report(rows, out_dir, title)

@@ -7,17 +7,15 @@ would.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import math
 from collections import OrderedDict
 from pathlib import Path
 
-import psutil
 import torch
 
+from .. import memory
 from ..data.prepared import PreparedSet, collate
-from ..errors import SamspError
 from ..inference.prefix_graph import PrefixEncoder, prefix_encoder
 from ..modeling.sam_sp import SamSP
 from ..progress import Progress
@@ -32,9 +30,15 @@ _PREFIX_MEMO: OrderedDict[tuple, tuple[int, list, list]] = OrderedDict()
 _PREFIX_MEMO_SIZE = 2
 
 
-def forget_prefix_features() -> None:
-    """Drop the features this process keeps for a later training (before work that needs their memory)."""
+def forget_prefix_features() -> bool:
+    """Drop the features this process keeps for a later training (before work that needs their memory); returns
+    whether it held any."""
+    held = bool(_PREFIX_MEMO)
     _PREFIX_MEMO.clear()
+    return held
+
+
+memory.on_short_memory(forget_prefix_features, "the prefix features kept from earlier trainings")
 
 
 class Batches:
@@ -209,21 +213,14 @@ class _EpochSamples(torch.utils.data.Dataset):
 
 def ensure_room(need: int, what: str) -> None:
     """SamspError when `need` bytes of cached features (`what`: their shape, or the file they are read from) would
-    not fit the free memory: an out-of-memory kill ends a run with no message, after minutes of encoding. Before it
-    says so, the features kept from earlier trainings in this process are dropped and the free memory measured again."""
-    free = psutil.virtual_memory().available
-    if need > 0.9 * free and _PREFIX_MEMO:
-        forget_prefix_features()
-        gc.collect()
-        free = psutil.virtual_memory().available
-        log.info("dropped the prefix features kept from earlier trainings: %.1f GB of memory is free", free / 1e9)
-    if need > 0.9 * free:
-        raise SamspError(
-            f"caching the frozen encoder prefix needs about {need / 1e9:.1f} GB ({what}), but "
-            f"{free / 1e9:.1f} GB of memory is free: set "
-            "runtime.cache_dtype=bfloat16 (half the size), runtime.cache=false (nothing cached, every batch encoded) "
-            "or a smaller model.input_size"
-        )
+    not fit the free memory, after the features kept from earlier trainings are dropped (`memory.ensure_room`)."""
+    memory.ensure_room(
+        need,
+        "caching the frozen encoder prefix",
+        what,
+        "set runtime.cache_dtype=bfloat16 (half the size), runtime.cache=false (nothing cached, every batch encoded) "
+        "or a smaller model.input_size",
+    )
 
 
 def steps_per_epoch(n: int, batch_size: int, rank: int = 0, world: int = 1) -> int:
