@@ -30,3 +30,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     return SamSP(ModelConfig(backbone="tiny")).save_pretrained(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def samsp_log(caplog, monkeypatch):
+    """caplog that sees the "samsp" logger at INFO, also after a training in this process stopped it propagating."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="samsp")
+    monkeypatch.setattr(logging.getLogger("samsp"), "propagate", True)
+    return caplog

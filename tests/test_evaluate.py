@@ -2,7 +2,6 @@
 parts, with the figures of one pass; bad files anywhere are one error; allocations that would not fit are one error."""
 
 import csv
-import logging
 import re
 
 import numpy as np
@@ -44,15 +43,14 @@ def short_memory(monkeypatch, available: int = 1000) -> None:
     monkeypatch.setattr(psutil, "virtual_memory", lambda: type("Memory", (), {"available": available})())
 
 
-def test_a_folder_is_scored_in_parts_with_the_figures_of_one_pass(model, tmp_path, parts_of_three, caplog):
+def test_a_folder_is_scored_in_parts_with_the_figures_of_one_pass(model, tmp_path, parts_of_three, samsp_log):
     data_dir = make_dataset(tmp_path / "d", n=7)
     whole = load_eval_set(find_pairs(data_dir), model)  # one set of 7, scored in one pass
     evaluate(model, whole, tmp_path / "whole")
     parts_of_three.clear()
-    with caplog.at_level(logging.INFO, logger="samsp"):
-        summary = evaluate(model, data_dir, tmp_path / "parts")
+    summary = evaluate(model, data_dir, tmp_path / "parts")
     assert parts_of_three == [3, 3, 1]
-    assert "scoring images 4-6 of 7" in caplog.text
+    assert "scoring images 4-6 of 7" in samsp_log.text
     expected = dice_by_id(tmp_path / "whole")
     assert list(dice_by_id(tmp_path / "parts")) == list(expected)  # every image, in the folder's order
     assert dice_by_id(tmp_path / "parts") == pytest.approx(expected, abs=1e-6)
@@ -108,7 +106,7 @@ def test_scoring_that_would_not_fit_the_free_memory_is_one_error_before_the_work
         assert message.endswith("of memory is free: " + evaluate_module.SMALLER_SET)
 
 
-def test_features_kept_from_a_training_give_way_to_scoring(model, tmp_path, monkeypatch, caplog):
+def test_features_kept_from_a_training_give_way_to_scoring(model, tmp_path, monkeypatch, samsp_log):
     monkeypatch.setattr(batches_module, "_PREFIX_MEMO", type(batches_module._PREFIX_MEMO)())
     batches_module._PREFIX_MEMO[("earlier training",)] = (2, [torch.zeros(4)], [])
     monkeypatch.setattr(  # short of memory while the features are kept, enough once they are dropped
@@ -116,8 +114,7 @@ def test_features_kept_from_a_training_give_way_to_scoring(model, tmp_path, monk
         "virtual_memory",
         lambda: type("Memory", (), {"available": 1000 if batches_module._PREFIX_MEMO else 10**12})(),
     )
-    with caplog.at_level(logging.INFO, logger="samsp"):
-        evaluate(model, make_dataset(tmp_path / "d", n=3), tmp_path / "ev")
+    evaluate(model, make_dataset(tmp_path / "d", n=3), tmp_path / "ev")
     assert not batches_module._PREFIX_MEMO
-    assert "dropped the prefix features kept from earlier trainings" in caplog.text
+    assert "dropped the prefix features kept from earlier trainings" in samsp_log.text
     assert len(dice_by_id(tmp_path / "ev")) == 3

@@ -2,7 +2,6 @@
 
 import csv
 import dataclasses
-import logging
 
 import numpy as np
 import pytest
@@ -121,7 +120,7 @@ def test_a_predictor_can_encode_the_frozen_prefix_of_each_batch_in_a_compiled_gr
         assert (a.mask == b.mask).mean() > 0.99
 
 
-def test_samsp_predict_compiles_the_frozen_prefix_when_there_are_images_enough(tmp_path, monkeypatch, caplog):
+def test_samsp_predict_compiles_the_frozen_prefix_when_there_are_images_enough(tmp_path, monkeypatch, samsp_log):
     """`samsp predict` (PyTorch engine) chooses the prefix engine as evaluation does, for the images it is given."""
     pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
     from samsp.inference import prefix_graph
@@ -131,18 +130,16 @@ def test_samsp_predict_compiles_the_frozen_prefix_when_there_are_images_enough(t
     model = SamSP(ModelConfig(backbone="tiny", adapt_stages=1))
     folder = model.save_pretrained(tmp_path / "model")
     data = make_dataset(tmp_path / "d", n=3)
-    caplog.set_level(logging.INFO, logger="samsp")
-    monkeypatch.setattr(logging.getLogger("samsp"), "propagate", True)  # a training earlier in the process stops it
     assert main(["predict", "--model", str(folder), str(data / "images"), "--out", str(tmp_path / "out")]) == 0
-    assert "CPU, fp32: the frozen prefix runs in OpenVINO" in caplog.text
+    assert "CPU, fp32: the frozen prefix runs in OpenVINO" in samsp_log.text
     images = sorted((data / "images").iterdir())
     for image, direct in zip(images, Predictor(model).predict_batch([read_image(p) for p in images]), strict=True):
         written = np.asarray(read_image(tmp_path / "out" / "masks" / f"{image.stem}.png"))[..., 0] > 0
         assert (written == direct.mask).mean() > 0.99
     monkeypatch.setattr(prefix_graph, "MIN_IMAGES", 4)
-    caplog.clear()
+    samsp_log.clear()
     assert main(["predict", "--model", str(folder), str(data / "images"), "--out", str(tmp_path / "few")]) == 0
-    assert "too few to pay for compiling the prefix" in caplog.text
+    assert "too few to pay for compiling the prefix" in samsp_log.text
 
 
 @torch.no_grad()
