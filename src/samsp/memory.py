@@ -26,11 +26,12 @@ def ensure_room(need: int, what: str, detail: str, advice: str) -> None:
     """SamspError `"{what} needs about N GB ({detail}), but M GB of memory is free: {advice}"` when `need` bytes would
     not fit the free memory. Before it says so, the registered caches are dropped and the free memory measured again."""
     free = psutil.virtual_memory().available
-    dropped = [name for release, name in _RELEASERS if need > 0.9 * free and release()]
-    if dropped:
-        gc.collect()
-        free = psutil.virtual_memory().available
-        log.info("dropped %s: %.1f GB of memory is free", ", ".join(dropped), free / 1e9)
+    if need > 0.9 * free:
+        dropped = [name for release, name in _RELEASERS if release()]
+        if dropped:
+            gc.collect()
+            free = psutil.virtual_memory().available
+            log.info("dropped %s: %.1f GB of memory is free", ", ".join(dropped), free / 1e9)
     if need > 0.9 * free:
         raise SamspError(
             f"{what} needs about {need / 1e9:.1f} GB ({detail}), but {free / 1e9:.1f} GB of memory is free: {advice}"
