@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import logging
 import struct
 import threading
 import time
@@ -265,17 +264,14 @@ def test_a_served_model_with_a_frozen_prefix_compiles_it_once_at_start_up(tmp_pa
             assert answer["score"] == pytest.approx(expected.score, abs=1e-2)
 
 
-def test_the_prefix_engine_a_server_loads_with(tmp_path, tiny_model_dir, caplog):
+def test_the_prefix_engine_a_server_loads_with(tmp_path, tiny_model_dir, samsp_log):
     pytest.importorskip("openvino", reason="the OpenVINO prefix engine needs samsp[openvino]")
     torch.manual_seed(0)
     folder = SamSP(ModelConfig(backbone="tiny", adapt_stages=1)).save_pretrained(tmp_path / "model")
-    caplog.set_level(logging.INFO, logger="samsp")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(logging.getLogger("samsp"), "propagate", True)  # a training earlier in the process stops it
-        assert load_model(str(folder))[0].prefix_engine == "openvino"
-        assert "CPU, fp32: the frozen prefix runs in OpenVINO" in caplog.text
-        assert load_model(str(folder), prefix_engine="torch")[0].prefix_engine == "torch"
-        assert load_model(str(folder), flips=True)[0].prefix_engine == "openvino"  # each mirrored view's prefix too
+    assert load_model(str(folder))[0].prefix_engine == "openvino"
+    assert "CPU, fp32: the frozen prefix runs in OpenVINO" in samsp_log.text
+    assert load_model(str(folder), prefix_engine="torch")[0].prefix_engine == "torch"
+    assert load_model(str(folder), flips=True)[0].prefix_engine == "openvino"  # each mirrored view's prefix too
     assert load_model(str(tiny_model_dir))[0].prefix_engine == "torch"  # every stage adapted: no frozen prefix
 
 
