@@ -1,5 +1,5 @@
 """`samsp evaluate` over a large labelled set: resident memory when the set is scored in parts (the default,
-`EVAL_CHUNK` images at a time) and in one part (every image decoded and predicted before any is scored).
+`PART_SIZE` images at a time, `--part-size`) and in one part (every image decoded and predicted before any is scored).
 
     python benchmarks/evaluate_scale.py --images 2000
 
@@ -23,11 +23,7 @@ from predict_scale import run_sampled
 
 from samsp import ModelConfig, SamSP
 from samsp.data.pairs import find_pairs
-from samsp.evaluation.evaluate import EVAL_CHUNK
-
-RUN_WITH_CHUNK = (
-    "import sys, samsp.evaluation.evaluate as e, samsp.cli as c; e.EVAL_CHUNK = int(sys.argv[1]); c.main(sys.argv[2:])"
-)
+from samsp.evaluation.evaluate import PART_SIZE
 
 
 def labelled_set(work: Path, n: int) -> Path:
@@ -53,9 +49,9 @@ def main() -> None:
         data = labelled_set(work, args.images)
         torch.manual_seed(0)
         model = SamSP(ModelConfig(backbone="tiny")).save_pretrained(work / "tiny")
-        for label, chunk in ((f"in parts of {EVAL_CHUNK} (default)", EVAL_CHUNK), ("in one part", args.images)):
-            out = work / f"eval-{chunk}"
-            command = [sys.executable, "-c", RUN_WITH_CHUNK, str(chunk), "evaluate", "--model", str(model)]
+        for label, part in ((f"in parts of {PART_SIZE} (default)", PART_SIZE), ("in one part", args.images)):
+            out = work / f"eval-{part}"
+            command = [sys.executable, "-m", "samsp.cli", "evaluate", "--model", str(model), "--part-size", str(part)]
             command += ["--data", str(data), "--out", str(out)]
             wall, samples = run_sampled(command, {**os.environ, "OMP_NUM_THREADS": "2"})
             dice.append(json.loads((out / "summary.json").read_text())["mDice"])

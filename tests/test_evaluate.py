@@ -11,10 +11,18 @@ import torch
 from helpers import make_dataset
 
 from samsp import ModelConfig, Predictor, SamSP
+from samsp.cli import main
 from samsp.data.pairs import find_pairs
 from samsp.errors import SamspError
 from samsp.evaluation import evaluate as evaluate_module
-from samsp.evaluation.evaluate import evaluate, evaluate_predictor, load_eval_set, predict_set, prefix_features
+from samsp.evaluation.evaluate import (
+    PART_SIZE,
+    evaluate,
+    evaluate_predictor,
+    load_eval_set,
+    predict_set,
+    prefix_features,
+)
 from samsp.training import batches as batches_module
 
 
@@ -26,8 +34,7 @@ def model():
 
 @pytest.fixture
 def parts_of_three(monkeypatch):
-    """EVAL_CHUNK = 3, and the sizes of the sets load_eval_set decodes."""
-    monkeypatch.setattr(evaluate_module, "EVAL_CHUNK", 3)
+    """The sizes of the sets load_eval_set decodes (the tests score in parts of 3)."""
     decoded = []
     real = evaluate_module.load_eval_set
     monkeypatch.setattr(evaluate_module, "load_eval_set", lambda pairs, m: decoded.append(len(pairs)) or real(pairs, m))
@@ -48,14 +55,14 @@ def test_a_folder_is_scored_in_parts_with_the_figures_of_one_pass(model, tmp_pat
     whole = load_eval_set(find_pairs(data_dir), model)  # one set of 7, scored in one pass
     evaluate(model, whole, tmp_path / "whole")
     parts_of_three.clear()
-    summary = evaluate(model, data_dir, tmp_path / "parts")
+    summary = evaluate(model, data_dir, tmp_path / "parts", part_size=3)
     assert parts_of_three == [3, 3, 1]
     assert "scoring images 4-6 of 7" in samsp_log.text
     expected = dice_by_id(tmp_path / "whole")
     assert list(dice_by_id(tmp_path / "parts")) == list(expected)  # every image, in the folder's order
     assert dice_by_id(tmp_path / "parts") == pytest.approx(expected, abs=1e-6)
     assert summary["mDice"] == pytest.approx(np.mean(list(expected.values())), abs=1e-6)
-    evaluate_predictor(Predictor(model), find_pairs(data_dir), tmp_path / "engine")  # the ONNX engines' path
+    evaluate_predictor(Predictor(model), find_pairs(data_dir), tmp_path / "engine", part_size=3)  # ONNX engines' path
     assert dice_by_id(tmp_path / "engine") == pytest.approx(expected, abs=1e-4)
 
 
@@ -73,13 +80,13 @@ def test_bad_files_in_any_part_are_one_error_listing_them_all_before_any_work(
         evaluate_module, "predict_set", lambda m, d, **k: predicted.append(len(d.ids)) or real(m, d, **k)
     )
     for score in (
-        lambda: evaluate(model, data_dir, tmp_path / "out"),
-        lambda: evaluate_predictor(Predictor(model), pairs, tmp_path / "out"),
+        lambda: evaluate(model, data_dir, tmp_path / "out", part_size=3),
+        lambda: evaluate_predictor(Predictor(model), pairs, tmp_path / "out", part_size=3),
     ):
         with pytest.raises(SamspError) as raised:
             score()
         message = str(raised.value)
-        assert message.startswith(f"{len(bad)} of 7 pairs cannot be used:")
+        assert message.startswith(f"{len(bad)} of 7 pairs cannot be used: ") and "\n" not in message
         assert all(pairs[i].image.name in message for i in bad)
         assert not (tmp_path / "out").exists()
     assert parts_of_three == [] and predicted == []  # found before any part was decoded for scoring
@@ -118,3 +125,39 @@ def test_features_kept_from_a_training_give_way_to_scoring(model, tmp_path, monk
     assert not batches_module._PREFIX_MEMO
     assert "dropped the prefix features kept from earlier trainings" in samsp_log.text
     assert len(dice_by_id(tmp_path / "ev")) == 3
+
+
+def test_many_bad_files_are_one_line_that_counts_them_all_and_names_the_first_five(model, tmp_path):
+    data_dir = make_dataset(tmp_path / "d", n=8)
+    pairs = find_pairs(data_dir)
+    for pair in pairs[:7]:
+        pair.image.write_bytes(b"not an image")
+    with pytest.raises(SamspError) as raised:
+        evaluate(model, data_dir, tmp_path / "out", part_size=3)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("7 of 8 pairs cannot be used: ")
+    assert [pair.image.name in message for pair in pairs[:7]] == [True] * 5 + [False] * 2
+    assert message.endswith("; and 2 more (samsp check-data lists every one)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_samsp_evaluate_part_size(model, tmp_path, capsys, samsp_log):
+    saved = model.save_pretrained(tmp_path / "model")
+    data_dir = make_dataset(tmp_path / "d", n=7)
+    command = ["evaluate", "--model", str(saved), "--data", str(data_dir), "--out"]
+    assert main([*command, str(tmp_path / "parts"), "--part-size", "3"]) == 0
+    assert "scoring images 7-7 of 7" in samsp_log.text
+    said = [r.getMessage() for r in samsp_log.records if "frozen" in r.getMessage() or "prefix" in r.getMessage()]
+    assert len(said) == 1, said  # the prefix engine is chosen and said once for the set, not once per part
+    assert main([*command, str(tmp_path / "whole")]) == 0  # the default: one part of 7
+    assert dice_by_id(tmp_path / "parts") == pytest.approx(dice_by_id(tmp_path / "whole"), abs=1e-6)
+
+    capsys.readouterr()
+    assert main([*command, str(tmp_path / "zero"), "--part-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "samsp: error: the part size (images scored at a time) must be a whole number >= 1, got 0"
+    assert not (tmp_path / "zero").exists()
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert f"(default: {PART_SIZE})" in " ".join(capsys.readouterr().out.split())

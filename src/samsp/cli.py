@@ -148,6 +148,12 @@ def _evaluate_parser(sub) -> None:
         choices=("none", "full_box", "gt_box"),
         help="none (default): SAM-SP; full_box / gt_box: one boxed pass, for reference rows only",
     )
+    e.add_argument(
+        "--part-size",
+        type=int,
+        help="images decoded, predicted and scored at a time (default: 256); memory grows with it, not with the "
+        "number of images",
+    )
     _engine_option(e)
     _inference_options(e)
     _data_options(e)
@@ -271,16 +277,20 @@ def _evaluate(args: argparse.Namespace) -> None:
         if args.engine == "torch":
             options = {"precision": args.precision, "iterations": args.iterations, "flips": args.flips}
             model, title = _predictor(args).model, f"{Path(args.model).name} ({args.prompt})"
-            summary = evaluate(
-                model, pairs, args.out, title=title, prompt=args.prompt, batch_size=args.batch_size, **options
-            )
+            options |= {"prompt": args.prompt, "batch_size": args.batch_size} | _part_size(args)
+            summary = evaluate(model, pairs, args.out, title=title, **options)
         else:
             if args.prompt != "none":
                 raise SamspError(f"--prompt {args.prompt}: the exported graph prompts itself; use --engine torch")
             title = f"{Path(args.model).name} ({args.engine})"
-            summary = evaluate_predictor(_onnx_predictor(args), pairs, args.out, title=title)
+            summary = evaluate_predictor(_onnx_predictor(args), pairs, args.out, title=title, **_part_size(args))
     print(format_table(summary))
     print(f"wrote {Path(args.out) / 'per_image.csv'} and summary.json")
+
+
+def _part_size(args: argparse.Namespace) -> dict[str, int]:
+    """--part-size when given (evaluate's own default otherwise, so the number lives in one place)."""
+    return {} if args.part_size is None else {"part_size": args.part_size}
 
 
 def _predict(args: argparse.Namespace) -> None:

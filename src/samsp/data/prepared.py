@@ -24,8 +24,12 @@ from .transforms import Augment
 T = TypeVar("T")
 
 
+NAMED_PROBLEMS = 5  # bad files a decoding error names on its one line; `samsp check-data` lists every one
+
+
 def decode_all(pairs: Sequence[Pair], load: Callable[[Pair], T], threads: int = 4) -> list[T]:
-    """`load` every pair in a thread pool; if any file is bad, one error lists every bad file (not just the first)."""
+    """`load` every pair in a thread pool; if any file is bad, one error of one line counts them all and names the
+    first `NAMED_PROBLEMS` (not just the first one)."""
 
     def attempt(pair: Pair) -> T | DataError:
         try:
@@ -35,10 +39,12 @@ def decode_all(pairs: Sequence[Pair], load: Callable[[Pair], T], threads: int = 
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         loaded = list(pool.map(attempt, pairs))
-    problems = [str(item) for item in loaded if isinstance(item, DataError)]
+    problems = [" ".join(str(item).splitlines()) for item in loaded if isinstance(item, DataError)]
     if problems:
-        listing = "\n  ".join(problems)
-        raise SamspError(f"{len(problems)} of {len(pairs)} pairs cannot be used:\n  {listing}")
+        named = "; ".join(problems[:NAMED_PROBLEMS])
+        if len(problems) > NAMED_PROBLEMS:
+            named += f"; and {len(problems) - NAMED_PROBLEMS} more (samsp check-data lists every one)"
+        raise SamspError(f"{len(problems)} of {len(pairs)} pairs cannot be used: {named}")
     return loaded
 
 

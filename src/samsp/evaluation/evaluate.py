@@ -30,8 +30,8 @@ log = logging.getLogger("samsp")
 T = TypeVar("T")
 
 PROMPTS = ("none", "full_box", "gt_box")
-EVAL_CHUNK = 256  # images `evaluate` decodes, predicts and scores at a time: its memory does not grow with the set
-SMALLER_SET = "score fewer images at once (evaluate() and `samsp evaluate` take any number in parts)"
+PART_SIZE = 256  # images `evaluate` decodes, predicts and scores at a time: its memory does not grow with the set
+SMALLER_SET = "score fewer images at once (`samsp evaluate --part-size N`, or evaluate(..., part_size=N))"
 
 
 @dataclass
@@ -79,8 +79,9 @@ def load_eval_set(pairs: Sequence[Pair], model: SamSP, threads: int = 4) -> Eval
 def prefix_features(model: SamSP, data: EvalSet, batch_size: int = 4, engine: str = "auto") -> list[torch.Tensor]:
     """The frozen encoder prefix for every image, so several models sharing it are evaluated at the cost of one.
     `engine`: torch, openvino, or auto (`choose_prefix_engine`: OpenVINO on a CPU when installed)."""
-    engine, why = choose_prefix_engine(engine, model.device, "fp32", len(data.inputs))
-    log.info(why)
+    setting = engine
+    engine, why = choose_prefix_engine(setting, model.device, "fp32", len(data.inputs))
+    log.log(logging.INFO if setting == "auto" else logging.DEBUG, why)  # a setting was said by whoever set it
     encode = prefix_encoder(model, engine)
     out = []
     for start in Progress(range(0, len(data.inputs), batch_size), desc="encoding the frozen part", unit="batch"):
@@ -145,20 +146,21 @@ def evaluate(
     out_dir: str | Path,
     title: str = "samsp",
     probs: list[np.ndarray] | None = None,
+    part_size: int = PART_SIZE,
     **predict_kwargs,
 ) -> dict:
     """Score `model` on labelled data with no prompt; write per_image.csv and summary.json into `out_dir`.
 
-    `data` is a folder with images/ and masks/, a list of pairs (decoded, predicted and scored `EVAL_CHUNK` images at
+    `data` is a folder with images/ and masks/, a list of pairs (decoded, predicted and scored `part_size` images at
     a time, so any number fits in memory), or an `EvalSet` decoded once for several models (with `probs`: its
     probability maps, already predicted). `predict_kwargs` go to `predict_set` (prompt, batch_size, iterations,
-    precision, flips). Returns the summary (mDice, mIoU, per-metric means, pooled Dice); raises SamspError listing
-    every unusable file, before anything is written.
+    precision, flips). Returns the summary (mDice, mIoU, per-metric means, pooled Dice); raises SamspError naming
+    the unusable files, before anything is written.
     """
     if not isinstance(data, EvalSet):
         pairs = find_pairs(data) if isinstance(data, str | Path) else list(data)
         if probs is None:
-            return write_report(_scored_in_parts(model, pairs, predict_kwargs), out_dir, title)
+            return write_report(_scored_in_parts(model, pairs, part_size, predict_kwargs), out_dir, title)
         data = load_eval_set(pairs, model)
     probs = probs if probs is not None else predict_set(model, data, **predict_kwargs)
     return write_report(_scored(model, data, probs), out_dir, title)
@@ -170,38 +172,52 @@ def _scored(model: SamSP, data: EvalSet, probs: Sequence[np.ndarray]) -> list[di
     return [{"id": i, **image_metrics(p, g, cut)} for i, p, g in zip(data.ids, probs, data.gts, strict=True)]
 
 
-def _scored_in_parts(model: SamSP, pairs: list[Pair], predict_kwargs: dict) -> list[dict]:
-    """`EVAL_CHUNK` pairs at a time: decoded, predicted, scored, let go; the prefix engine is chosen once for all."""
+def _scored_in_parts(model: SamSP, pairs: list[Pair], part_size: int, predict_kwargs: dict) -> list[dict]:
+    """`part_size` pairs at a time: decoded, predicted, scored, let go; the prefix engine is chosen once for all."""
+    _check_part_size(part_size)
     engine, precision = "auto", predict_kwargs.get("precision", "fp32")
     if precision == "fp32":  # the only precision `predict_set` runs a prefix engine in
         engine = predictor_prefix_engine(model, engine, precision, predict_kwargs.get("flips", False), len(pairs))
     rows: list[dict] = []
-    for data in _decoded_in_parts(pairs, lambda part: load_eval_set(part, model)):
+    for data in _decoded_in_parts(pairs, part_size, lambda part: load_eval_set(part, model)):
         rows += _scored(model, data, predict_set(model, data, prefix_engine=engine, **predict_kwargs))
     return rows
 
 
-def _decoded_in_parts(pairs: Sequence[Pair], decode: Callable[[Sequence[Pair]], T]) -> Iterator[T]:
-    """`decode` of each run of `EVAL_CHUNK` pairs, in order. A set of several parts is first decoded whole, keeping
-    nothing, so that bad files anywhere are one error that lists them all before any work."""
-    if len(pairs) > EVAL_CHUNK:
+def _check_part_size(part_size: int) -> None:
+    if isinstance(part_size, bool) or not isinstance(part_size, int) or part_size < 1:
+        raise SamspError(f"the part size (images scored at a time) must be a whole number >= 1, got {part_size!r}")
+
+
+def _decoded_in_parts(pairs: Sequence[Pair], part_size: int, decode: Callable[[Sequence[Pair]], T]) -> Iterator[T]:
+    """`decode` of each run of `part_size` pairs, in order. A set of several parts is first decoded whole, keeping
+    nothing, so that bad files anywhere are one error before any work."""
+    if len(pairs) > part_size:
         decode_all(pairs, lambda pair: read_pair(pair.image, pair.mask) and None)
-    for start in range(0, len(pairs), EVAL_CHUNK):
-        part = pairs[start : start + EVAL_CHUNK]
-        if len(pairs) > EVAL_CHUNK:
+    for start in range(0, len(pairs), part_size):
+        part = pairs[start : start + part_size]
+        if len(pairs) > part_size:
             log.info("scoring images %d-%d of %d", start + 1, start + len(part), len(pairs))
         yield decode(part)
 
 
 def evaluate_predictor(
-    predictor: BatchPredictor, pairs: Sequence[Pair], out_dir: str | Path, title: str = "samsp"
+    predictor: BatchPredictor,
+    pairs: Sequence[Pair],
+    out_dir: str | Path,
+    title: str = "samsp",
+    part_size: int = PART_SIZE,
 ) -> dict:
     """Score any `BatchPredictor` (the ONNX Runtime and OpenVINO engines; `evaluate` is the faster path for a torch
-    model) on labelled pairs at original size, the overlap metrics on the masks it predicts (its `threshold`).
-    Writes and returns what `evaluate` does; raises SamspError listing every unusable file."""
+    model) on labelled pairs at original size, `part_size` images decoded at a time, the overlap metrics on the masks
+    it predicts (its `threshold`). Writes and returns what `evaluate` does; raises SamspError naming the unusable
+    files."""
+    _check_part_size(part_size)
     rows = []
     size = predictor.batch_size
-    parts = _decoded_in_parts(pairs, lambda part: (part, decode_all(part, lambda p: read_pair(p.image, p.mask))))
+    parts = _decoded_in_parts(
+        pairs, part_size, lambda part: (part, decode_all(part, lambda p: read_pair(p.image, p.mask)))
+    )
     for part, loaded in parts:
         for start in Progress(range(0, len(part), size), desc="evaluating", unit="batch"):
             chunk = loaded[start : start + size]
