@@ -102,6 +102,9 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # the weights' moving average (optim.ema) validated and saved instead of the last step's: 0.995 averages over about
     # the last 200 of the recipe's 924 steps
     "SAM-SP + pass-0 Dice + weight average 0.995": [*PASS0_DICE, "optim.ema=0.995"],
+    # issue 9's candidate never run on the LoRA recipe: train with 2 self-prompting iterations (each box pass's box
+    # from the pass before), so the box passes learn from boxes of both qualities; predicts with 2 as well
+    "SAM-SP + pass-0 Dice + 2 training iterations": [*PASS0_DICE, "model.iterations=2"],
     # a finer input (TinyViT's weights load at any multiple of 32): small polyps cover more embedding cells
     "SAM-SP + pass-0 Dice + 384 px input": [*PASS0_DICE, "model.input_size=384"],
     # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops
