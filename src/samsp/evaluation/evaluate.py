@@ -174,31 +174,33 @@ def _scored(model: SamSP, data: EvalSet, probs: Sequence[np.ndarray]) -> list[di
 
 def _scored_in_parts(model: SamSP, pairs: list[Pair], part_size: int, predict_kwargs: dict) -> list[dict]:
     """`part_size` pairs at a time: decoded, predicted, scored, let go; the prefix engine is chosen once for all."""
-    _check_part_size(part_size)
+    parts = _decoded_in_parts(pairs, part_size, lambda part: load_eval_set(part, model))
     engine, precision = "auto", predict_kwargs.get("precision", "fp32")
     if precision == "fp32":  # the only precision `predict_set` runs a prefix engine in
         engine = predictor_prefix_engine(model, engine, precision, predict_kwargs.get("flips", False), len(pairs))
     rows: list[dict] = []
-    for data in _decoded_in_parts(pairs, part_size, lambda part: load_eval_set(part, model)):
+    for data in parts:
         rows += _scored(model, data, predict_set(model, data, prefix_engine=engine, **predict_kwargs))
     return rows
 
 
-def _check_part_size(part_size: int) -> None:
+def _decoded_in_parts(pairs: Sequence[Pair], part_size: int, decode: Callable[[Sequence[Pair]], T]) -> Iterator[T]:
+    """`decode` of each run of `part_size` pairs, in order, lazily. Checked at the call, before any part: the part
+    size, and, for a set of several parts, every file (decoded whole, keeping nothing), so that bad files anywhere
+    are one error before any work."""
     if isinstance(part_size, bool) or not isinstance(part_size, int) or part_size < 1:
         raise SamspError(f"the part size (images scored at a time) must be a whole number >= 1, got {part_size!r}")
-
-
-def _decoded_in_parts(pairs: Sequence[Pair], part_size: int, decode: Callable[[Sequence[Pair]], T]) -> Iterator[T]:
-    """`decode` of each run of `part_size` pairs, in order. A set of several parts is first decoded whole, keeping
-    nothing, so that bad files anywhere are one error before any work."""
     if len(pairs) > part_size:
         decode_all(pairs, lambda pair: read_pair(pair.image, pair.mask) and None)
-    for start in range(0, len(pairs), part_size):
-        part = pairs[start : start + part_size]
-        if len(pairs) > part_size:
-            log.info("scoring images %d-%d of %d", start + 1, start + len(part), len(pairs))
-        yield decode(part)
+
+    def each_part() -> Iterator[T]:
+        for start in range(0, len(pairs), part_size):
+            part = pairs[start : start + part_size]
+            if len(pairs) > part_size:
+                log.info("scoring images %d-%d of %d", start + 1, start + len(part), len(pairs))
+            yield decode(part)
+
+    return each_part()
 
 
 def evaluate_predictor(
@@ -212,7 +214,6 @@ def evaluate_predictor(
     model) on labelled pairs at original size, `part_size` images decoded at a time, the overlap metrics on the masks
     it predicts (its `threshold`). Writes and returns what `evaluate` does; raises SamspError naming the unusable
     files."""
-    _check_part_size(part_size)
     rows = []
     size = predictor.batch_size
     parts = _decoded_in_parts(
