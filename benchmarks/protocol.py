@@ -105,6 +105,10 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     # issue 9's candidate never run on the LoRA recipe: train with 2 self-prompting iterations (each box pass's box
     # from the pass before), so the box passes learn from boxes of both qualities; predicts with 2 as well
     "SAM-SP + pass-0 Dice + 2 training iterations": [*PASS0_DICE, "model.iterations=2"],
+    # the learning rate held after the warm-up instead of the cosine decay to zero (issue 9's "schedule" lever)
+    "SAM-SP + pass-0 Dice + constant LR": [*PASS0_DICE, "optim.schedule=constant"],
+    # SAM's own mask loss: focal and Dice in a 20:1 ratio (focal alpha 0.25, gamma 2) on every Dice-supervised pass
+    "SAM-SP + pass-0 Dice + focal term 20": [*PASS0_DICE, "loss.focal=20.0"],
     # a finer input (TinyViT's weights load at any multiple of 32): small polyps cover more embedding cells
     "SAM-SP + pass-0 Dice + 384 px input": [*PASS0_DICE, "model.input_size=384"],
     # the same on the CPU fallback: layers.3 is its cached prefix's output (the whole frozen body); layers.1 stops

@@ -57,7 +57,8 @@ def test_a_list_override_reads_yaml_flow_style_too():
         ("optim.lr", "must look like section.key=value"),
         ("model.threshold=1.5", "model.threshold must be between 0 and 1"),
         ("loss.gt_box=-1", "loss.gt_box must be >= 0 and loss.gt_box_jitter in [0, 1)"),
-        ("loss.structure=-0.5", "loss.bce and loss.structure must be >= 0"),
+        ("loss.structure=-0.5", "loss.bce, loss.structure and loss.focal must be >= 0"),
+        ("loss.focal=-1", "loss.bce, loss.structure and loss.focal must be >= 0"),
         ("optim.ema=1", "optim.ema must be in [0, 1) (0 = no moving average)"),
     ],
 )

@@ -146,3 +146,36 @@ def test_the_ground_truth_box_pass_adds_its_weighted_dice_and_is_required_when_w
     assert torch.allclose(plain, soft_dice_loss(y1, target)) and "dice_gt_box" not in parts  # off by default
     with pytest.raises(ValueError, match="no pass was prompted with the ground-truth box"):
         samsp_loss([y0, y1], target, cfg)
+
+
+def test_the_focal_term_is_sams_focal_loss_on_every_dice_supervised_pass():
+    torch.manual_seed(0)
+    target = (torch.rand(2, 16, 16) > 0.5).float()
+    y0, y1 = 3 * torch.randn(2, 16, 16), 3 * torch.randn(2, 16, 16)
+    loss, parts = samsp_loss([y0, y1], target, LossConfig(dice_first_pass=True, distill=False, focal=20.0))
+
+    def focal(logits: torch.Tensor) -> torch.Tensor:  # Lin et al. 2017, alpha 0.25, gamma 2, written out
+        p = torch.sigmoid(logits)
+        p_t = p * target + (1 - p) * (1 - target)
+        alpha_t = 0.25 * target + 0.75 * (1 - target)
+        return (alpha_t * (1 - p_t) ** 2 * F.binary_cross_entropy_with_logits(logits, target, reduction="none")).mean()
+
+    expected = soft_dice_loss(y1, target) + soft_dice_loss(y0, target) + 20.0 * (focal(y1) + focal(y0))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert parts["focal"] == pytest.approx(float(focal(y1) + focal(y0)), abs=1e-6)
+
+
+def test_the_focal_term_lets_well_classified_pixels_fade_where_bce_does_not():
+    target = torch.zeros(1, 8, 8)
+    target[0, :4] = 1
+    logits = torch.where(target > 0, 3.0, -3.0)  # every pixel right at p = 0.95 ...
+    logits[0, 7, 7] = 3.0  # ... but one background pixel called foreground
+    logits.requires_grad_(True)
+
+    def term_grad(cfg: LossConfig) -> torch.Tensor:  # the gradient of the term alone, Dice's taken out
+        loss = samsp_loss([logits], target, cfg)[0] - soft_dice_loss(logits, target)
+        return torch.autograd.grad(loss, logits)[0].abs()
+
+    focal_grad, bce_grad = term_grad(LossConfig(focal=1.0)), term_grad(LossConfig(bce=1.0))
+    # relative to the one mistake, a right pixel weighs far less under the focal term than under BCE
+    assert focal_grad[0, 0, 0] / focal_grad[0, 7, 7] < 0.1 * bce_grad[0, 0, 0] / bce_grad[0, 7, 7]

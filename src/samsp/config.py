@@ -106,6 +106,8 @@ class LossConfig:
     bce: float = 0.0  # weight of per-pixel binary cross-entropy on every Dice-supervised pass (0 = the paper's loss)
     # weight of PraNet's structure loss (BCE + IoU weighted towards the label's outline) on every Dice-supervised pass
     structure: float = 0.0
+    # weight of a focal term (alpha 0.25, gamma 2) on every Dice-supervised pass; SAM was trained with focal:Dice 20:1
+    focal: float = 0.0
     # weight of Dice on one more training pass prompted by the ground-truth box (edges moved by up to
     # gt_box_jitter of its size), so fine-tuning keeps the decoder's box-following skill; 0 = off (the paper's loss)
     gt_box: float = 0.0
@@ -113,8 +115,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         _validate(self)
-        if self.bce < 0 or self.structure < 0:
-            raise SamspError("loss.bce and loss.structure must be >= 0")
+        if self.bce < 0 or self.structure < 0 or self.focal < 0:
+            raise SamspError("loss.bce, loss.structure and loss.focal must be >= 0")
         if self.gt_box < 0 or not 0 <= self.gt_box_jitter < 1:
             raise SamspError("loss.gt_box must be >= 0 and loss.gt_box_jitter in [0, 1)")
 

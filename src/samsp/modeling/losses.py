@@ -11,12 +11,18 @@ sigmoid saturates, so a pixel wrongly predicted at p = 0.999 is almost never cor
 An optional structure term (`structure`, off by default) is the loss of the task-specific polyp models (PraNet,
 Polyp-PVT): binary cross-entropy and IoU, both weighted up to 6x on pixels near the label's outline, where the
 prompt-free error of a found structure lies.
+
+An optional focal term (`focal`, off by default) is the per-pixel loss SAM itself was trained with (Kirillov et al.
+2023: focal and Dice in a 20:1 ratio, so `focal=20` is SAM's own mix): BCE scaled by (1 - p_t)^2 so well-classified
+pixels fade and the hard ones (a flat polyp's faint rim, a glare spot) carry the gradient; alpha 0.25 as in
+RetinaNet. torchvision's `sigmoid_focal_loss` computes it.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
 
 from ..config import LossConfig
 
@@ -94,6 +100,10 @@ def samsp_loss(
         bce = torch.stack([F.binary_cross_entropy_with_logits(p.float(), target.float()) for p in supervised]).sum()
         total = total + cfg.bce * bce
         parts["bce"] = float(bce.detach())
+    if cfg.focal > 0:
+        focal = torch.stack([sigmoid_focal_loss(p.float(), target.float(), reduction="mean") for p in supervised]).sum()
+        total = total + cfg.focal * focal
+        parts["focal"] = float(focal.detach())
     if cfg.structure > 0:
         structure = torch.stack([structure_loss(p, target) for p in supervised]).sum()
         total = total + cfg.structure * structure
