@@ -551,6 +551,14 @@ def test_a_run_with_the_ground_truth_box_pass_trains_and_records_its_loss(datase
     assert SamSP.from_pretrained(run).config.backbone == "tiny"
 
 
+def test_a_run_with_the_focal_term_trains_and_records_it(dataset, tmp_path):
+    run = train(data=str(dataset), out=tmp_path / "run", overrides=[*FAST, "optim.epochs=1", "loss.focal=20"])
+    header, row = (run / "metrics.csv").read_text().splitlines()[:2]
+    value = dict(zip(header.split(","), row.split(","), strict=True))["focal"]
+    assert 0 < float(value) < 1
+    assert "focal: 20.0" in (run / "config.yaml").read_text()
+
+
 def test_the_moving_average_follows_each_step_and_lends_its_weights_only_inside_the_block():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
