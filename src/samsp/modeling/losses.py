@@ -96,17 +96,15 @@ def samsp_loss(
         total = total + cfg.gt_box * dice_box
         parts["dice_gt_box"] = float(dice_box.detach())
         supervised.append(prompted)
-    if cfg.bce > 0:
-        bce = torch.stack([F.binary_cross_entropy_with_logits(p.float(), target.float()) for p in supervised]).sum()
-        total = total + cfg.bce * bce
-        parts["bce"] = float(bce.detach())
-    if cfg.focal > 0:
-        focal = torch.stack([sigmoid_focal_loss(p.float(), target.float(), reduction="mean") for p in supervised]).sum()
-        total = total + cfg.focal * focal
-        parts["focal"] = float(focal.detach())
-    if cfg.structure > 0:
-        structure = torch.stack([structure_loss(p, target) for p in supervised]).sum()
-        total = total + cfg.structure * structure
-        parts["structure"] = float(structure.detach())
+    optional = {  # terms on every Dice-supervised pass: name -> (weight, the term of one pass)
+        "bce": (cfg.bce, lambda p: F.binary_cross_entropy_with_logits(p.float(), target.float())),
+        "focal": (cfg.focal, lambda p: sigmoid_focal_loss(p.float(), target.float(), reduction="mean")),
+        "structure": (cfg.structure, lambda p: structure_loss(p, target)),
+    }
+    for name, (weight, term) in optional.items():
+        if weight > 0:
+            value = torch.stack([term(p) for p in supervised]).sum()
+            total = total + weight * value
+            parts[name] = float(value.detach())
     parts["loss"] = float(total.detach())
     return total, parts
