@@ -9,7 +9,9 @@ scores it on both test sets; `--diagnose ROW` splits that row's test error into 
 (per image: pass-0 box IoU with the ground-truth box, final Dice with its own box and with the ground-truth box given
 to the same fine-tuned decoder, empty first passes, several polyps, false-positive blobs that widen the box) and
 draws the worst cases. Results land in the BENCHMARKS.md section `--section` (default "protocol"), its diagnosis in
-"<section>-diagnosis" and its inference settings in "<section>-inference".
+"<section>-diagnosis" and its inference settings in "<section>-inference". The tables split validation by source too
+(Kvasir images, ClinicDB frames: with `--val-by-sequence` the latter are frames of videos training never saw), in the
+means and in the paired differences.
 """
 
 from __future__ import annotations
@@ -159,6 +161,7 @@ ANCHORS = [  # prompt-free mean Dice published under this protocol (Kvasir, Clin
     ("ASPS (SAM-based, prompt-free)", 0.920, 0.951),
 ]
 TESTS = ("Kvasir", "ClinicDB")
+SOURCES = {"kvasir-seg": "Kvasir", "cvc-clinicdb-256": "ClinicDB"}  # dataset folder -> the name of its test set
 INFERENCE_LEVERS = {  # settings of a trained model, chosen on validation: name -> predict_set options / model settings
     "as trained (1 self-prompting iteration)": {},
     "no self-prompting pass (pass 0 only)": {"iterations": 0},
@@ -553,10 +556,12 @@ def score_inference_levers(model: SamSP, data: EvalSet, out: Path, tag: str) -> 
 
 def report(out: Path, args: argparse.Namespace) -> None:
     names = args.rows or list(ROWS)
+    by_source = val_ids_by_source(out)
     header = [
         "row",
         "seeds",
         "val mDice",
+        *(f"val, {source} images ({len(ids)})" for source, ids in by_source.items()),
         "Kvasir mDice",
         "Kvasir mIoU",
         "ClinicDB mDice",
@@ -571,6 +576,9 @@ def report(out: Path, args: argparse.Namespace) -> None:
             for key in keys:
                 values = [s[key] for t in tags if (s := summary(out, t, test))]
                 cells.append(_mean_sd(values))
+            if test == "val":
+                for ids in by_source.values():
+                    cells.append(_mean_sd([d.mean() for t in tags if (d := per_image_dice(out, t, "val", ids)).size]))
         trained = [t for t in tags if (out / t / "done").exists()]
         minutes = [float((out / t / "done").read_text()) for t in trained]
         precisions = sorted({load_config(out / t / "config.yaml").runtime.mixed_precision for t in trained})
@@ -581,9 +589,11 @@ def report(out: Path, args: argparse.Namespace) -> None:
             for test, keys in (("val", ("mDice",)), ("Kvasir", ("mDice", "mIoU")), ("ClinicDB", ("mDice", "mIoU"))):
                 scored = [s for t in tags if (s := summary(out, t, f"{test}-{slug(args.test_setting)}"))]
                 cells += [_mean_sd([s[key] for s in scored]) for key in keys]
+                if test == "val":
+                    cells += [""] * len(by_source)
             if cells[2]:  # scored with the setting at least on validation
                 table.append([*cells, ""])
-    table += [[f"{n} (published, not run)", "", "", k, "", c, "", ""] for n, k, c in ANCHORS]
+    table += [[f"{n} (published, not run)", "", "", *[""] * len(by_source), k, "", c, "", ""] for n, k, c in ANCHORS]
     training = (
         f"A {args.minutes:g}-minute budget per row"
         if args.minutes
@@ -696,15 +706,18 @@ def paired_differences(out: Path, names: list[str], seeds: list[int], base: str 
     seeds, one line per seed and one for each image's Dice averaged over the seeds (training noise averaged out)."""
     if all(name == base for name in names):
         return ""  # the base is the only row: nothing to take a difference of
-    tests = ("val", *TESTS)
-    reference = {test: _seed_dice(out, base, seeds, test) for test in tests}
+    by_source = val_ids_by_source(out)
+    columns = {"val": ("val", None), **{f"val, {s}": ("val", ids) for s, ids in by_source.items()}}
+    columns |= {test: (test, None) for test in TESTS}  # column -> (scored set, the ids it keeps)
+    tests = list(columns)
+    reference = {test: _seed_dice(out, base, seeds, *columns[test]) for test in tests}
     if not any(d.size for dice in reference.values() for d in dice):
         return ""  # the base row was not run into this folder
     rows = []
     for name in names:
         if name == base:
             continue
-        dice = {test: _seed_dice(out, name, seeds, test) for test in tests}
+        dice = {test: _seed_dice(out, name, seeds, *columns[test]) for test in tests}
         for k, label in enumerate([f"seed {s}" for s in seeds] + (["mean over seeds"] if len(seeds) > 1 else [])):
             cells = [f"{name}, {label}" if len(seeds) > 1 else name]
             for test in tests:
@@ -728,22 +741,36 @@ def paired_differences(out: Path, names: list[str], seeds: list[int], base: str 
     )
 
 
-def _seed_dice(out: Path, name: str, seeds: list[int], test: str) -> list[np.ndarray]:
+def _seed_dice(out: Path, name: str, seeds: list[int], test: str, ids: set[str] | None = None) -> list[np.ndarray]:
     """Per-image Dice of each seed, then (for several seeds scored on the same images) their per-image mean."""
-    per_seed = [per_image_dice(out, f"{slug(name)}-s{seed}", test) for seed in seeds]
+    per_seed = [per_image_dice(out, f"{slug(name)}-s{seed}", test, ids) for seed in seeds]
     if len(seeds) > 1:
         sizes = {d.size for d in per_seed}
         per_seed.append(np.mean(per_seed, axis=0) if len(sizes) == 1 and 0 not in sizes else np.array([]))
     return per_seed
 
 
-def per_image_dice(out: Path, tag: str, test: str) -> np.ndarray:
-    """Dice per image, ordered by image id; empty when the row was not scored on `test`."""
+def per_image_dice(out: Path, tag: str, test: str, ids: set[str] | None = None) -> np.ndarray:
+    """Dice per image (of those in `ids` if given), ordered by image id; empty when the row was not scored on
+    `test`."""
     path = out / "eval" / tag / test / "per_image.csv"
     if not path.is_file():
         return np.array([])
     dice = read_per_image_dice(path)
-    return np.array([dice[key] for key in sorted(dice)])
+    return np.array([dice[key] for key in sorted(dice) if ids is None or key in ids])
+
+
+def val_ids_by_source(out: Path) -> dict[str, set[str]]:
+    """The validation ids of `out`'s split grouped by the dataset they come from (Kvasir, ClinicDB), read from its
+    pairs.csv: a mixed validation mean can hide a gain on one source and a loss on the other."""
+    val = set((out / "val_ids.txt").read_text().split())
+    grouped: dict[str, set[str]] = {}
+    with (out / "pairs.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            image = Path(row["image"])
+            if image.stem in val:
+                grouped.setdefault(SOURCES[image.parent.parent.name], set()).add(image.stem)
+    return {source: grouped[source] for source in SOURCES.values() if source in grouped}
 
 
 def _mean_sd(values: list[float]) -> str:
