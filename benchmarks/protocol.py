@@ -619,7 +619,7 @@ def report(out: Path, args: argparse.Namespace) -> None:
             "",
             markdown_table(header, table),
             "",
-            paired_differences(out, names, args.seeds, args.base),
+            paired_differences(out, names, args.seeds, args.base, by_source),
         ]
     )
     print(body)
@@ -700,13 +700,13 @@ def diagnosis_report(out: Path, args: argparse.Namespace) -> None:
         write_section(f"{args.section}-diagnosis", body)  # protocol-diagnosis for the main table
 
 
-def paired_differences(out: Path, names: list[str], seeds: list[int], base: str = "SAM-SP") -> str:
+def paired_differences(out: Path, names: list[str], seeds: list[int], base: str, by_source: dict[str, set[str]]) -> str:
     """Each row's per-image Dice minus the base row's on the same images, with a 95% bootstrap interval over the
     images: how large a difference these split sizes can tell from the luck of which images were drawn. With several
-    seeds, one line per seed and one for each image's Dice averaged over the seeds (training noise averaged out)."""
+    seeds, one line per seed and one for each image's Dice averaged over the seeds (training noise averaged out).
+    `by_source` (`val_ids_by_source`) gives each source's part of validation a column of its own."""
     if all(name == base for name in names):
         return ""  # the base is the only row: nothing to take a difference of
-    by_source = val_ids_by_source(out)
     columns = {"val": ("val", None), **{f"val, {s}": ("val", ids) for s, ids in by_source.items()}}
     columns |= {test: (test, None) for test in TESTS}  # column -> (scored set, the ids it keeps)
     tests = list(columns)
