@@ -67,6 +67,9 @@ ROWS = {  # name -> train overrides; every row: same data, epochs and seed
     "SAM-SP + pass-0 Dice + ground-truth box pass": [*PASS0_DICE, "loss.gt_box=1.0"],
     # pass 0 picks the wrong structure (diagnosis): more of the encoder adapts; the prefix cache then stops earlier
     "SAM-SP + pass-0 Dice + 2 adapted stages": [*PASS0_DICE, "model.adapt_stages=2"],
+    # two stages gained most on unseen videos: three is every TinyViT stage with attention (layers.0 is convolutional,
+    # LoRA's targets are not in it), so the GPU row's adapters on a CPU; the prefix cache keeps patch_embed + layers.0
+    "SAM-SP + pass-0 Dice + 3 adapted stages": [*PASS0_DICE, "model.adapt_stages=3"],
     # more capacity in the one adapted stage: LoRA on TinyViT's MLP (fc1, fc2) too, 40960 LoRA weights against 15360
     "SAM-SP + pass-0 Dice + LoRA on the MLP too": [
         *PASS0_DICE,
